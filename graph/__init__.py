@@ -1,0 +1,1 @@
+"""The redraft graph: state, convergence, companions, checkpointer factory and builder."""

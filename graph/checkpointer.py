@@ -1,0 +1,122 @@
+"""Checkpointer factory: one URL setting picks the backend.
+
+* ``postgresql://...``  -> ``AsyncPostgresSaver`` on a psycopg pool (autocommit, dict_row, prepare_threshold=0)
+* a file path or ``sqlite:///path`` -> ``AsyncSqliteSaver`` (the embedded default, in the user's data dir)
+* ``memory``            -> ``InMemorySaver`` (quick dev; redraft's own tables go to an in-memory SQLite)
+
+All use ``SafeSerializer`` (JSON first, never pickle). ``setup()`` runs once per process at open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from redraft.graph.database import Database, PostgresDatabase, SqliteDatabase, storage_error
+from redraft.graph.serde import SafeSerializer
+from redraft.errors import ConfigError, RedraftError
+from redraft.settings import Settings
+
+
+@dataclass
+class Persistence:
+    saver: BaseCheckpointSaver
+    db: Database
+    kind: str  # "postgres" | "sqlite" | "memory"
+
+
+def backend_of(url: str) -> tuple[str, str]:
+    """(kind, target) for a database URL setting."""
+    url = url.strip()
+    if url == "memory" or url == ":memory:":
+        return "memory", ":memory:"
+    lower = url.lower()
+    if lower.startswith(("postgresql://", "postgres://")):
+        return "postgres", url
+    if lower.startswith("sqlite://"):
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") and not path.startswith("//") else path
+        # sqlite:///relative/x -> "relative/x"; sqlite:////abs/x -> "/abs/x"
+        return "sqlite", path if path else ":memory:"
+    if "://" in url:
+        raise ConfigError(f"Unsupported database URL scheme in {url.split('://', 1)[0]!r}.")
+    return "sqlite", url
+
+
+@contextlib.asynccontextmanager
+async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
+    kind, target = backend_of(settings.database_url)
+    serde = SafeSerializer()
+    try:
+        if kind == "postgres":
+            cm = _open_postgres(target, settings, serde)
+        else:
+            cm = _open_sqlite(kind, target, serde)
+        async with cm as persistence:
+            persistence.db.lease_ttl = settings.lease_ttl_seconds
+            yield persistence
+    except RedraftError:
+        raise
+    except (OSError, ImportError) as exc:
+        raise ConfigError(f"Cannot open the {kind} database: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith(("psycopg", "sqlite3", "aiosqlite")):
+            raise storage_error(exc) from None
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[Persistence]:
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+    )
+    try:
+        await pool.open(wait=True, timeout=settings.request_timeout)
+    except Exception as exc:
+        await pool.close()
+        raise ConfigError(f"Cannot connect to PostgreSQL ({type(exc).__name__}). Check REDRAFT_DATABASE_URL.") from None
+    try:
+        saver = AsyncPostgresSaver(pool, serde=serde)
+        await saver.setup()
+        db = PostgresDatabase(pool)
+        await db.setup()
+        yield Persistence(saver=saver, db=db, kind="postgres")
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence]:
+    import aiosqlite
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    if path != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = str(Path(path).expanduser())
+    conn = await aiosqlite.connect(path, timeout=30)
+    try:
+        await conn.execute("PRAGMA busy_timeout=30000")
+        if kind == "memory":
+            saver: BaseCheckpointSaver = InMemorySaver(serde=serde)
+        else:
+            saver = AsyncSqliteSaver(conn, serde=serde)
+            await saver.setup()
+        db = SqliteDatabase(conn)
+        await db.setup()
+        yield Persistence(saver=saver, db=db, kind=kind)
+    finally:
+        await conn.close()

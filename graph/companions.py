@@ -1,0 +1,84 @@
+"""Companion types: a generic one plus specialised ones, each with its own prompts and defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from redraft.nodes.prompts import CODE, ESSAY, GENERIC, SUMMARY, PromptSet
+from redraft.errors import UnknownCompanionError
+
+Mode = Literal["auto", "step"]
+
+
+@dataclass(frozen=True)
+class Companion:
+    name: str
+    description: str
+    prompts: PromptSet
+    model: str | None = None  # None: the REDRAFT_MODEL setting
+    temperature: float | None = None  # None: the REDRAFT_TEMPERATURE setting
+    similarity_threshold: float = 0.98
+    max_loops: int = 5
+    clear_history: bool = False  # True: each new query on a thread ignores the earlier queries' answers
+    mode: Mode = "auto"  # "step": pause (LangGraph interrupt) before every critique and revision
+
+    def public(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "temperature": self.temperature,
+            "similarity_threshold": self.similarity_threshold,
+            "max_loops": self.max_loops,
+            "clear_history": self.clear_history,
+            "mode": self.mode,
+        }
+
+
+COMPANION_MAP: dict[str, Companion] = {
+    c.name: c
+    for c in (
+        Companion("generic", "General-purpose answers.", GENERIC),
+        Companion(
+            "code",
+            "Code with a strict reviewer: more loops, low temperature.",
+            CODE,
+            temperature=0.2,
+            similarity_threshold=0.97,
+            max_loops=8,
+        ),
+        Companion(
+            "essay",
+            "Prose with a writing critic; each query starts fresh.",
+            ESSAY,
+            temperature=0.8,
+            similarity_threshold=0.95,
+            max_loops=4,
+            clear_history=True,
+        ),
+        Companion(
+            "summary",
+            "Faithful summaries, reviewed step by step by a human.",
+            SUMMARY,
+            temperature=0.3,
+            similarity_threshold=0.99,
+            max_loops=3,
+            clear_history=True,
+            mode="step",
+        ),
+    )
+}
+
+
+def get_companion(name: str, overrides: dict | None = None) -> Companion:
+    """Look a companion up, applying operator overrides (``Settings.companions``). Unknown names list the known ones."""
+    try:
+        companion = COMPANION_MAP[name]
+    except (KeyError, TypeError):
+        raise UnknownCompanionError(str(name), list(COMPANION_MAP)) from None
+    override = (overrides or {}).get(name)
+    if override is None:
+        return companion
+    changes = {k: v for k, v in override.model_dump().items() if v is not None}
+    return replace(companion, **changes)

@@ -1,0 +1,286 @@
+"""Thread operations shared by the MCP tools and the CLI: step, refine, resume, status.
+
+Every operation that advances a thread holds the thread's lease (``Database.thread_lock``), so two callers -- in
+one process or in several -- can never both append to the same run_log. Runs use ``durability="sync"``: a step's
+checkpoint is on disk before the next step starts, so a crash loses at most the step in flight and never repeats a
+completed one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from langgraph.types import Command, StateSnapshot
+
+from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
+from redraft.graph.builder import build_graph
+from redraft.graph.checkpointer import Persistence
+from redraft.graph.companions import Companion, get_companion
+from redraft.graph.convergence import analyse
+from redraft.graph.database import storage_error
+from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_for, versions
+from redraft.nodes.context import RedraftContext
+from redraft.nodes.gate import validate_decision
+from redraft.nodes.model import ModelProvider, effective_sampling
+from redraft.settings import Settings
+
+StepCallback = Callable[[dict], Awaitable[None]]
+TokenCallback = Callable[[str, str], Awaitable[None]]
+
+
+def thread_id_for(session_id: str, companion: str) -> str:
+    return f"{session_id}:{companion}"
+
+
+def pending_gate(snapshot: StateSnapshot) -> dict | None:
+    for item in snapshot.interrupts or ():
+        if isinstance(item.value, dict) and "gate" in item.value:
+            return item.value
+    return None
+
+
+class Runner:
+    def __init__(self, persistence: Persistence, settings: Settings, models: ModelProvider | None = None) -> None:
+        self.persistence = persistence
+        self.settings = settings
+        self.models = models or ModelProvider(settings)
+        self.graph = build_graph(persistence.saver)
+
+    # --- helpers --------------------------------------------------------------------------------------------------
+
+    def companion(self, name: str) -> Companion:
+        return get_companion(name, self.settings.companions)
+
+    @staticmethod
+    def config(thread_id: str, checkpoint_id: str | None = None) -> dict:
+        configurable = {"thread_id": thread_id}
+        if checkpoint_id:
+            configurable["checkpoint_id"] = checkpoint_id
+        return {"configurable": configurable}
+
+    async def snapshot(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+        try:
+            return await self.graph.aget_state(self.config(thread_id, checkpoint_id))
+        except RedraftError:
+            raise
+        except Exception as exc:
+            raise storage_error(exc) from None
+
+    def check_text(self, text: str | None, what: str, limit: int) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError(f"The {what} must be a non-empty string.")
+        if len(text) > limit:
+            raise InvalidInputError(f"The {what} is {len(text)} characters; the limit is {limit}.")
+        if "\x00" in text:
+            raise InvalidInputError(f"The {what} contains a NUL character.")
+        return text.strip()
+
+    def open_input(
+        self,
+        companion: Companion,
+        query: str,
+        sampling: dict | None = None,
+        similarity_threshold: float | None = None,
+        max_loops: int | None = None,
+    ) -> dict:
+        query = self.check_text(query, "query", self.settings.max_query_chars)
+        threshold = companion.similarity_threshold if similarity_threshold is None else similarity_threshold
+        loops = companion.max_loops if max_loops is None else max_loops
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise InvalidInputError(f"similarity_threshold must be between 0 and 1, got {threshold!r}.")
+        if isinstance(loops, bool) or not isinstance(loops, int) or not 1 <= loops <= 1000:
+            raise InvalidInputError(f"max_loops must be an integer from 1 to 1000, got {loops!r}.")
+        try:
+            effective = effective_sampling(self.settings, companion, sampling)
+        except RedraftError as exc:
+            raise InvalidInputError(exc.message) from None
+        return {
+            "run_log": [{"op": "open", "query": query, "variant": companion.name, "sampling": effective}],
+            "run_config": {
+                "companion": companion.name,
+                "similarity_threshold": float(threshold),
+                "max_loops": loops,
+                "clear_history": companion.clear_history,
+                "mode": companion.mode,
+            },
+        }
+
+    async def _run(
+        self,
+        thread_id: str,
+        graph_input: Any,
+        *,
+        stepwise: bool,
+        on_step: StepCallback | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> None:
+        context = RedraftContext(settings=self.settings, models=self.models, stepwise=stepwise)
+        modes = ["updates", "messages"] if on_token else ["updates"]
+        try:
+            async for mode, chunk in self.graph.astream(
+                graph_input, self.config(thread_id), context=context, stream_mode=modes, durability="sync"
+            ):
+                if mode == "messages" and on_token:
+                    message, meta = chunk
+                    if getattr(message, "content", None):
+                        await on_token(meta.get("langgraph_node", ""), message.content)
+                elif mode == "updates" and on_step:
+                    for node, update in chunk.items():
+                        if node != "__interrupt__":
+                            await on_step({"node": node, "update": update})
+        except RedraftError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("psycopg", "sqlite3", "aiosqlite")):
+                raise storage_error(exc) from None
+            if type(exc).__module__.startswith(("openai", "httpx")):
+                raise ModelError(f"The model endpoint failed ({type(exc).__name__}).") from None
+            raise
+
+    async def _advance(self, thread_id: str, gate_name: str, decision: dict, on_step: StepCallback | None) -> None:
+        """Run exactly the gated node ``gate_name`` with ``decision``; stop at the next gate."""
+        for _ in range(2):
+            gate = pending_gate(await self.snapshot(thread_id))
+            if gate is not None and gate["gate"] == gate_name:
+                await self._run(thread_id, Command(resume=decision), stepwise=True, on_step=on_step)
+                return
+            if gate is not None:
+                raise PhaseError(f"The thread is waiting for a {gate['gate']} decision, not {gate_name}.")
+            await self._run(thread_id, None, stepwise=True)  # reach the gate; nothing is done before it
+        raise PhaseError(f"The thread did not reach the {gate_name} step.")
+
+    # --- step operations ------------------------------------------------------------------------------------------
+
+    async def draft(self, thread_id: str, companion: str, query: str, **options: Any) -> dict:
+        graph_input = self.open_input(self.companion(companion), query, **options)
+        async with self.persistence.db.thread_lock(thread_id):
+            state = (await self.snapshot(thread_id)).values
+            if phase_of(state) not in ("empty", "done"):
+                raise PhaseError(
+                    f"The current query is not finished (phase {phase_of(state)!r}); "
+                    "finish it with refine (or end the session) before drafting a new one."
+                )
+            await self._run(thread_id, graph_input, stepwise=True)
+        return await self.status(thread_id)
+
+    async def critique(self, thread_id: str, text: str | None = None) -> dict:
+        decision = {"action": "approve"}
+        if text is not None:
+            decision = {"action": "replace", "text": self.check_text(text, "critique", self.settings.max_text_chars)}
+        async with self.persistence.db.thread_lock(thread_id):
+            self._require_phase((await self.snapshot(thread_id)).values, "ready_to_critique", "critique")
+            await self._advance(thread_id, "critique", decision, None)
+        return await self.status(thread_id)
+
+    async def revise(self, thread_id: str, text: str | None = None, critique: str | None = None) -> dict:
+        decision: dict = {"action": "approve"}
+        if critique is not None:
+            decision = {"action": "edit", "critique": self.check_text(critique, "critique", self.settings.max_text_chars)}
+        if text is not None:
+            if critique is not None:
+                raise InvalidInputError("Pass either a revision text or an edited critique, not both.")
+            decision = {"action": "replace", "text": self.check_text(text, "revision", self.settings.max_text_chars)}
+        async with self.persistence.db.thread_lock(thread_id):
+            self._require_phase((await self.snapshot(thread_id)).values, "needs_revision", "revise")
+            await self._advance(thread_id, "revise", decision, None)
+        return await self.status(thread_id)
+
+    @staticmethod
+    def _require_phase(state: dict, wanted: str, action: str) -> None:
+        phase = phase_of(state)
+        if phase == wanted:
+            return
+        hints = {
+            "empty": "there is no query yet: call draft first",
+            "done": "the current query is finished: call draft with a new query",
+            "needs_revision": "a critique is pending: call revise first",
+            "ready_to_critique": "there is no pending critique: call critique first",
+            "needs_draft": "the draft has not been written yet: call resume",
+        }
+        raise PhaseError(f"Cannot {action} now: {hints.get(phase, phase)}.")
+
+    # --- whole runs -----------------------------------------------------------------------------------------------
+
+    async def refine(
+        self,
+        thread_id: str,
+        companion: str,
+        query: str | None = None,
+        *,
+        on_step: StepCallback | None = None,
+        on_token: TokenCallback | None = None,
+        **options: Any,
+    ) -> dict:
+        """Run to convergence (or to the next human gate in ``step`` mode). With a query, start a new one first."""
+        comp = self.companion(companion)
+        graph_input = self.open_input(comp, query, **options) if query is not None else None
+        started = time.monotonic()
+        async with self.persistence.db.thread_lock(thread_id):
+            snap = await self.snapshot(thread_id)
+            phase = phase_of(snap.values)
+            if graph_input is not None and phase not in ("empty", "done"):
+                raise PhaseError(f"The current query is not finished (phase {phase!r}); call refine without a query.")
+            if graph_input is None and phase in ("empty", "done"):
+                raise PhaseError("Nothing to refine: pass a query to start one.")
+            stepwise = (snap.values.get("run_config") or {}).get("mode", comp.mode) == "step"
+            if graph_input is None and stepwise and pending_gate(snap) is not None:
+                raise PhaseError("The thread is waiting for a human decision: call resume with one.")
+            await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step, on_token=on_token)
+        result = await self.status(thread_id)
+        result["duration_s"] = round(time.monotonic() - started, 6)
+        return result
+
+    async def resume(
+        self, thread_id: str, decision: dict | None = None, *, on_step: StepCallback | None = None
+    ) -> dict:
+        """Continue a thread stopped by a crash, an error or a human gate (answering it with ``decision``)."""
+        async with self.persistence.db.thread_lock(thread_id):
+            snap = await self.snapshot(thread_id)
+            if not snap.next:
+                raise PhaseError("Nothing to resume: the thread is not stopped mid-run.")
+            gate = pending_gate(snap)
+            stepwise = (snap.values.get("run_config") or {}).get("mode") == "step"
+            if gate is not None:
+                graph_input: Any = Command(resume=validate_decision(gate["gate"], decision))
+            elif decision is not None:
+                raise InvalidInputError("The thread is not waiting for a decision; call resume without one.")
+            else:
+                graph_input = None
+            await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step)
+        return await self.status(thread_id)
+
+    # --- reading --------------------------------------------------------------------------------------------------
+
+    async def status(self, thread_id: str, checkpoint_id: str | None = None) -> dict:
+        snap = await self.snapshot(thread_id, checkpoint_id)
+        return describe(thread_id, snap)
+
+
+def describe(thread_id: str, snap: StateSnapshot) -> dict:
+    """A JSON view of a thread at a checkpoint: phase, current slot, similarities, stop reason, best text."""
+    state = snap.values or {}
+    check_invariants(state)
+    run_log = state.get("run_log") or []
+    index = len(run_log) - 1
+    slot = run_log[index] if run_log else None
+    outcome = outcome_for(state, index) if slot else None
+    vs = versions(slot) if slot else []
+    run_config = state.get("run_config") or {}
+    return {
+        "thread_id": thread_id,
+        "checkpoint_id": (snap.config or {}).get("configurable", {}).get("checkpoint_id"),
+        "phase": phase_of(state),
+        "slot_index": index if slot else None,
+        "slots": len(run_log),
+        "slot": slot,
+        "similarities": scores_for(state, index) if slot else [],
+        "convergence": analyse(vs, run_config.get("similarity_threshold", 1.0)) if vs else None,
+        "stop_reason": outcome["stop_reason"] if outcome else None,
+        "best_version": outcome["best"] if outcome else None,
+        "final_text": vs[outcome["best"]] if outcome else None,
+        "run_config": run_config,
+        "next": list(snap.next or ()),
+        "pending_gate": pending_gate(snap),
+    }

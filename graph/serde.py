@@ -1,0 +1,57 @@
+"""Checkpoint serialisation: JSON first, never pickle.
+
+JSON-native values (dicts with string keys, lists, strings, numbers, booleans, None) are stored as plain JSON, so
+checkpoint rows can be read with ``psql``. The few LangGraph types that are not JSON (interrupts, delta snapshots) go
+through LangGraph's msgpack encoder in *strict* mode: only an explicit allow-list of types may be constructed on
+load. A ``pickle`` payload is refused outright, whatever wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+from redraft.errors import UnsafePayloadError
+
+# LangGraph's own plain types that appear in pending writes (human-in-the-loop interrupts, fan-out sends).
+ALLOWED_TYPES = [("langgraph.types", "Interrupt"), ("langgraph.types", "Send")]
+
+
+def _is_json_native(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is dict:
+            for k, item in v.items():
+                if type(k) is not str:
+                    return False
+                stack.append(item)
+        elif t is list:
+            stack.extend(v)
+        elif t is float:
+            if v != v or v in (float("inf"), float("-inf")):
+                return False
+        elif t not in (str, int, bool) and v is not None:
+            return False
+    return True
+
+
+class SafeSerializer(JsonPlusSerializer):
+    def __init__(self) -> None:
+        super().__init__(pickle_fallback=False, allowed_json_modules=None, allowed_msgpack_modules=ALLOWED_TYPES)
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        if obj is not None and not isinstance(obj, (bytes, bytearray)) and _is_json_native(obj):
+            return "json", json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return super().dumps_typed(obj)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        type_ = data[0]
+        if type_ == "pickle":
+            raise UnsafePayloadError("Refused to load a pickled checkpoint payload: redraft never unpickles data.")
+        if type_ not in ("null", "bytes", "bytearray", "json", "msgpack"):
+            raise UnsafePayloadError(f"Refused to load a checkpoint payload of unknown type {type_!r}.")
+        return super().loads_typed(data)

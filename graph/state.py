@@ -1,0 +1,145 @@
+"""Graph state.
+
+``run_log`` is a list of slots, one per query::
+
+    {query, draft, critique: [...], revision: [...], variant, sampling}
+
+Nodes never write whole slots. They write small *events* (``open``, ``draft``, ``critique``, ``edit_critique``,
+``revision``) into a ``DeltaChannel``, which stores each event once in the checkpoint writes and rebuilds the list by
+replaying them. Storage therefore grows with the text written, not with ``iterations x text`` as a plain list
+reducer would. ``scores``, ``outcomes`` and ``messages`` are append-only logs on the same channel type.
+
+The phase of a slot is read from its array lengths, never stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, TypedDict
+
+from langgraph.channels.delta import DeltaChannel
+
+# Full snapshots of a delta channel cost a copy of everything it holds; make them rare. At 50 refine loops a slot
+# sees ~102 run_log updates, so no snapshot is written; replay depth stays bounded for very long threads.
+SNAPSHOT_EVERY = 256
+
+Phase = Literal["empty", "needs_draft", "ready_to_critique", "needs_revision", "done"]
+
+
+class Slot(TypedDict):
+    query: str
+    draft: str | None
+    critique: list[str]
+    revision: list[str]
+    variant: str
+    sampling: dict[str, Any]
+
+
+def apply_run_log_events(slots: list[Slot], writes: Sequence[Any]) -> list[Slot]:
+    """Reducer for ``run_log``. Copy-on-write: the input list and its slots are never mutated.
+
+    Deterministic and batching-invariant (events are applied one at a time, in order), as DeltaChannel requires.
+    """
+    slots = list(slots)
+    for write in writes:
+        for event in write if isinstance(write, list) else [write]:
+            op = event["op"]
+            if op == "open":
+                slots.append(
+                    Slot(
+                        query=event["query"],
+                        draft=None,
+                        critique=[],
+                        revision=[],
+                        variant=event["variant"],
+                        sampling=dict(event.get("sampling") or {}),
+                    )
+                )
+                continue
+            if not slots:
+                raise ValueError(f"run_log event {op!r} before any slot was opened")
+            slot = dict(slots[-1])
+            if op == "draft":
+                slot["draft"] = event["text"]
+            elif op == "critique":
+                slot["critique"] = [*slot["critique"], event["text"]]
+            elif op == "edit_critique":
+                slot["critique"] = [*slot["critique"][:-1], event["text"]]
+            elif op == "revision":
+                slot["revision"] = [*slot["revision"], event["text"]]
+            else:
+                raise ValueError(f"unknown run_log event {op!r}")
+            slots[-1] = slot  # type: ignore[assignment]
+    return slots
+
+
+def extend(items: list, writes: Sequence[Any]) -> list:
+    """Append-only reducer for the small logs (scores, outcomes, messages)."""
+    out = list(items)
+    for write in writes:
+        out.extend(write if isinstance(write, list) else [write])
+    return out
+
+
+class RedraftState(TypedDict, total=False):
+    run_log: Annotated[list[Slot], DeltaChannel(apply_run_log_events, snapshot_frequency=SNAPSHOT_EVERY)]
+    # {"slot": i, "iteration": k, "similarity": s}: similarity of version k to version k-1 (version 0 = draft).
+    scores: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
+    # {"slot": i, "stop_reason": ..., "best": version index, "iterations": n, "similarity": last score, "note": ...}
+    outcomes: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
+    # Conversation history across queries: {"role": "user"|"assistant", "content": ...}, one pair per finished slot.
+    messages: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
+    # Small per-query run settings: companion, similarity_threshold, max_loops, clear_history, mode.
+    run_config: dict[str, Any]
+
+
+# --- reading state -------------------------------------------------------------------------------------------------
+
+
+def versions(slot: Slot) -> list[str]:
+    """The draft followed by every revision: version 0 is the draft."""
+    return ([slot["draft"]] if slot["draft"] is not None else []) + list(slot["revision"])
+
+
+def current_text(slot: Slot) -> str | None:
+    vs = versions(slot)
+    return vs[-1] if vs else None
+
+
+def outcome_for(state: dict, slot_index: int) -> dict | None:
+    for outcome in reversed(state.get("outcomes") or []):
+        if outcome["slot"] == slot_index:
+            return outcome
+    return None
+
+
+def scores_for(state: dict, slot_index: int) -> list[float]:
+    return [s["similarity"] for s in state.get("scores") or [] if s["slot"] == slot_index]
+
+
+def phase_of(state: dict) -> Phase:
+    """The phase of the thread's current slot, read from array lengths."""
+    run_log = state.get("run_log") or []
+    if not run_log:
+        return "empty"
+    slot = run_log[-1]
+    if outcome_for(state, len(run_log) - 1) is not None:
+        return "done"
+    if slot["draft"] is None:
+        return "needs_draft"
+    pending = len(slot["critique"]) - len(slot["revision"])
+    if pending == 0:
+        return "ready_to_critique"
+    if pending == 1:
+        return "needs_revision"
+    raise AssertionError(f"run_log invariant broken: {len(slot['critique'])} critiques, {len(slot['revision'])} revisions")
+
+
+def check_invariants(state: dict) -> None:
+    """Raise AssertionError if any slot breaks ``0 <= len(critique) - len(revision) <= 1``."""
+    for i, slot in enumerate(state.get("run_log") or []):
+        assert set(slot) == {"query", "draft", "critique", "revision", "variant", "sampling"}, f"slot {i} keys"
+        gap = len(slot["critique"]) - len(slot["revision"])
+        assert 0 <= gap <= 1, f"slot {i}: {len(slot['critique'])} critiques vs {len(slot['revision'])} revisions"
+        if slot["draft"] is None:
+            assert not slot["critique"] and not slot["revision"], f"slot {i}: critique before draft"

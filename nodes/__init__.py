@@ -1,0 +1,1 @@
+"""Graph nodes (draft, critique, revise), their prompt windows and the model factory."""

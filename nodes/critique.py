@@ -1,0 +1,53 @@
+"""The critique node: reviews the draft and the last two revisions, or ends the loop if the critic is satisfied."""
+
+from __future__ import annotations
+
+from langgraph.runtime import Runtime
+
+from redraft.graph.convergence import best_version, critic_is_satisfied
+from redraft.graph.state import RedraftState, current_text, phase_of, scores_for, versions
+from redraft.nodes.context import context_of
+from redraft.nodes.gate import gate
+from redraft.nodes.model import complete
+from redraft.nodes.windows import critique_messages
+from redraft.errors import PhaseError
+
+
+def finish(state: RedraftState, stop_reason: str, scores: list[float], note: str | None = None) -> dict:
+    """The updates that close the current slot: its outcome and the query/answer pair for history."""
+    index = len(state["run_log"]) - 1
+    slot = state["run_log"][index]
+    vs = versions(slot)
+    best = best_version(scores, len(vs), stop_reason)
+    outcome = {
+        "slot": index,
+        "stop_reason": stop_reason,
+        "best": best,
+        "iterations": len(slot["revision"]),
+        "similarity": scores[-1] if scores else None,
+    }
+    if note is not None:
+        outcome["note"] = note
+    history = [{"role": "user", "content": slot["query"]}, {"role": "assistant", "content": vs[best]}]
+    return {"outcomes": [outcome], "messages": history}
+
+
+async def critique(state: RedraftState, runtime: Runtime) -> dict:
+    ctx = context_of(runtime)
+    if phase_of(state) != "ready_to_critique":
+        raise PhaseError(f"Nothing to critique: the current query is in phase {phase_of(state)!r}.")
+    index = len(state["run_log"]) - 1
+    slot = state["run_log"][index]
+    decision = gate(
+        ctx.stepwise,
+        "critique",
+        {"slot": index, "round": len(slot["critique"]) + 1, "text": current_text(slot)},
+    )
+    if decision["action"] == "replace":
+        text = decision["text"].strip()
+    else:
+        companion = ctx.companion(state["run_config"]["companion"])
+        text = await complete(ctx.models.get(slot["sampling"]), critique_messages(companion.prompts, slot), "critique")
+    if critic_is_satisfied(text):
+        return finish(state, "critic_satisfied", scores_for(state, index), note=text)
+    return {"run_log": [{"op": "critique", "text": text}]}

@@ -1,0 +1,89 @@
+"""Every error redraft raises on purpose.
+
+Each carries a stable ``code`` so MCP clients and the CLI can branch on it, and a message written for the person
+who caused it. None of them ever contains a secret (API key, token, database password).
+"""
+
+from __future__ import annotations
+
+
+class RedraftError(Exception):
+    """Base class. ``retryable`` tells a client whether the same call may succeed later."""
+
+    code = "redraft_error"
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+class ConfigError(RedraftError):
+    """A setting is missing, malformed or out of range."""
+
+    code = "config_error"
+
+
+class UnknownCompanionError(RedraftError):
+    code = "unknown_companion"
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"Unknown companion type {name!r}. Known types: {', '.join(sorted(known))}.")
+
+
+class InvalidInputError(RedraftError):
+    """A tool argument is empty, too large or malformed."""
+
+    code = "invalid_input"
+
+
+class PhaseError(RedraftError):
+    """A step was asked for in the wrong phase (e.g. revise with no pending critique). Nothing was changed."""
+
+    code = "wrong_phase"
+
+
+class SessionNotFoundError(RedraftError):
+    """Deliberately generic: an unknown id and another principal's id look the same."""
+
+    code = "invalid_session"
+
+    def __init__(self, message: str = "Invalid or unknown session.") -> None:
+        super().__init__(message)
+
+
+class CheckpointNotFoundError(RedraftError):
+    code = "checkpoint_not_found"
+
+
+class ConflictError(RedraftError):
+    """Another step is running on the same thread. Retry once it has finished."""
+
+    code = "conflict"
+    retryable = True
+
+
+class ModelError(RedraftError):
+    """The model endpoint failed (after retries) or returned something unusable. The thread is unchanged."""
+
+    code = "model_error"
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class StorageError(RedraftError):
+    """The database could not be reached or failed mid-operation. Checkpoints already written are intact."""
+
+    code = "storage_error"
+    retryable = True
+
+
+class UnsafePayloadError(RedraftError):
+    """A stored checkpoint asked to be unpickled or to construct a type outside the allow-list."""
+
+    code = "unsafe_payload"

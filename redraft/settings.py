@@ -1,0 +1,124 @@
+"""The one settings module. Every knob is a ``REDRAFT_*`` environment variable (or a line in ``.env``).
+
+Nested per-companion overrides use ``__``: ``REDRAFT_COMPANIONS__CODE__MAX_LOOPS=8``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from redraft.errors import ConfigError
+
+
+def default_database_url() -> str:
+    return str(Path(user_data_dir("redraft", appauthor=False)) / "redraft.sqlite")
+
+
+class CompanionOverride(BaseModel):
+    """Per-companion defaults an operator may override. ``None`` keeps the companion's own default."""
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    similarity_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_loops: int | None = Field(default=None, ge=1, le=1000)
+    clear_history: bool | None = None
+    mode: Literal["auto", "step"] | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REDRAFT_", env_file=".env", env_file_encoding="utf-8", env_nested_delimiter="__", extra="ignore"
+    )
+
+    # Persistence: postgresql://..., a SQLite file path (or sqlite:///path), or "memory".
+    database_url: str = Field(default_factory=default_database_url)
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+
+    # The model: any OpenAI-compatible endpoint.
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key: SecretStr = SecretStr("")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    request_timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+    # Defaults for every companion unless the companion or an override says otherwise.
+    default_companion: str = "generic"
+    companions: dict[str, CompanionOverride] = Field(default_factory=dict)
+
+    # Input limits (characters).
+    max_query_chars: int = Field(default=20_000, ge=1)
+    max_text_chars: int = Field(default=100_000, ge=1)
+
+    # Sessions.
+    session_ttl_seconds: float = Field(default=1800.0, gt=0)
+    max_sessions: int = Field(default=10_000, ge=1)
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # A step holds a lease on its thread; if the process dies the lease lapses after this many seconds.
+    lease_ttl_seconds: float = Field(default=10.0, gt=0)
+
+    # HTTP serving and auth.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    auth_tokens: dict[str, str] = Field(default_factory=dict)  # token -> principal (client id)
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty: use postgresql://..., a SQLite file path, or 'memory'")
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme and scheme not in ("postgresql", "postgres", "sqlite"):
+            raise ValueError(
+                f"unsupported scheme {scheme!r}: use postgresql://..., sqlite:///path, a file path, or 'memory'"
+            )
+        return value
+
+    def masked(self) -> dict:
+        """The effective settings with every secret masked, for ``redraft config`` and logs."""
+        data = self.model_dump(mode="json")
+        data["api_key"] = "****" if self.api_key.get_secret_value() else ""
+        data["auth_tokens"] = {"****": principal for principal in self.auth_tokens.values()}
+        data["database_url"] = mask_url(self.database_url)
+        return data
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of ``scheme://user:password@host``."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{host}" if ":" in creds else url
+
+
+def load_settings(**overrides) -> Settings:
+    """Build settings, turning pydantic's validation error into one clear ``ConfigError``."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"REDRAFT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"Invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,240 @@
+"""A local OpenAI-compatible chat-completions server for tests and benchmarks (stdlib only, runs in a thread).
+
+It recognises the node from the system prompt and answers deterministically:
+
+* draft:    ``draft_words`` words seeded by the query;
+* critique: "Round k: ..." -- or the stop phrase from round ``critic_stop_round`` on;
+* revise:   the current text with ``changes(k)`` words altered, so similarity rises round by round.
+
+Faults (429 with Retry-After, 500, timeouts, malformed JSON, empty content) are queued with ``fail`` and consumed
+by the next matching requests. Every request is recorded (``requests``), so tests can assert on real prompts.
+Other processes configure it over HTTP: ``POST /_control`` and ``GET /_requests``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+VOCAB = (
+    "alpha beta gamma delta system graph state model text review answer clear precise robust simple data value "
+    "query critic revise draft version stable change detail reason example result method field process thread"
+).split()
+
+
+def node_of(messages: list[dict]) -> str:
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    if "revising" in system:
+        return "revise"
+    if "critic" in system:
+        return "critique"
+    return "draft"
+
+
+def words_for(seed: str, n: int) -> list[str]:
+    out = []
+    h = hashlib.sha256(seed.encode()).digest()
+    while len(out) < n:
+        h = hashlib.sha256(h).digest()
+        out.extend(VOCAB[b % len(VOCAB)] for b in h)
+    return out[:n]
+
+
+DEFAULTS: dict[str, Any] = {
+    "draft_words": 300,
+    "critic_stop_round": None,  # round at which the critic answers NO FURTHER CHANGES
+    "changes": [12, 8, 4, 0],  # words changed at revision 1, 2, 3, ...; the last value repeats
+    "latency_ms": 0,
+    "critique_words": 40,
+}
+
+
+class StubLLM:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config: dict[str, Any] = dict(DEFAULTS)
+        self.faults: list[dict] = []
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/_requests"):
+                    with stub.lock:
+                        self._json(200, stub.requests)
+                else:
+                    self._json(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.startswith("/_control"):
+                    stub.configure(**body.get("config", {}))
+                    if "faults" in body:
+                        stub.faults = list(body["faults"])
+                    if body.get("reset_requests"):
+                        stub.requests.clear()
+                    self._json(200, {"ok": True})
+                    return
+                if not self.path.endswith("/chat/completions"):
+                    self._json(404, {"error": {"message": "not found"}})
+                    return
+                stub.handle(self, body)
+
+            def _json(self, status: int, data: Any, headers: dict | None = None) -> None:
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> StubLLM:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def configure(self, **config: Any) -> None:
+        with self.lock:
+            self.config.update(config)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.config = dict(DEFAULTS)
+            self.faults.clear()
+            self.requests.clear()
+
+    def fail(self, *faults: dict) -> None:
+        """Queue faults: {"status": 429, "retry_after": 0} | {"status": 500} | {"sleep": s} | {"malformed": True} |
+        {"empty": True}; each may carry "node" to hit only that node."""
+        with self.lock:
+            self.faults.extend(faults)
+
+    def prompts(self, node: str) -> list[list[dict]]:
+        with self.lock:
+            return [r["messages"] for r in self.requests if r["node"] == node]
+
+    # --- answering ------------------------------------------------------------------------------------------------
+
+    def answer(self, node: str, messages: list[dict]) -> str:
+        user = messages[-1]["content"]
+        cfg = self.config
+        if node == "draft":
+            return " ".join(words_for(user, cfg["draft_words"])).capitalize() + "."
+        if node == "critique":
+            match = re.search(r"Review round (\d+)", user)
+            rnd = int(match.group(1)) if match else 1
+            stop = cfg["critic_stop_round"]
+            if stop is not None and rnd >= stop:
+                return "NO FURTHER CHANGES"
+            return f"Round {rnd}: " + " ".join(words_for(f"critique{rnd}{user[:64]}", cfg["critique_words"])) + "."
+        # revise: alter changes(k) words of the current text
+        text = user.split("Current text:\n", 1)[1].split("\n\nCritique:\n", 1)[0]
+        critique = user.split("\n\nCritique:\n", 1)[1]
+        match = re.search(r"Round (\d+)", critique)
+        k = int(match.group(1)) if match else 1
+        schedule = cfg["changes"]
+        n = schedule[min(k, len(schedule)) - 1]
+        words = text.split()
+        for j in range(n):
+            pos = (j * 7919 + k * 104729) % len(words)
+            words[pos] = f"{words[pos]}{k}"
+        return " ".join(words)
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        messages = body.get("messages", [])
+        node = node_of(messages)
+        with self.lock:
+            self.requests.append({"node": node, "messages": messages, "stream": bool(body.get("stream"))})
+            fault = next((f for f in self.faults if f.get("node") in (None, node)), None)
+            if fault is not None:
+                self.faults.remove(fault)
+            latency = self.config["latency_ms"] / 1000
+        if latency:
+            time.sleep(latency)
+        if fault is not None:
+            if "sleep" in fault:
+                time.sleep(fault["sleep"])
+            elif "status" in fault:
+                headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else {}
+                handler._json(fault["status"], {"error": {"message": "injected", "type": "stub"}}, headers)
+                return
+            elif fault.get("malformed"):
+                raw = b'{"id": "x", "choices": [{"message": {"content": '
+                handler.send_response(200)
+                handler.send_header("content-type", "application/json")
+                handler.send_header("content-length", str(len(raw)))
+                handler.end_headers()
+                handler.wfile.write(raw)
+                return
+        content = "" if fault is not None and fault.get("empty") else self.answer(node, messages)
+        model = body.get("model", "stub")
+        if body.get("stream"):
+            self._stream(handler, model, content)
+            return
+        handler._json(
+            200,
+            {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        )
+
+    @staticmethod
+    def _stream(handler: BaseHTTPRequestHandler, model: str, content: str) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("connection", "close")
+        handler.end_headers()
+        pieces = re.findall(r"\S+\s*", content) or [""]
+        for i, piece in enumerate(pieces):
+            delta = {"content": piece} if i else {"role": "assistant", "content": piece}
+            chunk = {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        end = {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": model,
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        handler.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+        handler.wfile.flush()
+        handler.close_connection = True
+
+
+if __name__ == "__main__":  # python -m tests.stub_llm --port 8911
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=8911)
+    args = parser.parse_args()
+    s = StubLLM(port=args.port).start()
+    print(s.base_url, flush=True)
+    s.thread.join()
