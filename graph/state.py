@@ -7,7 +7,7 @@
 Nodes never write whole slots. They write small *events* (``open``, ``draft``, ``critique``, ``edit_critique``,
 ``revision``) into a ``DeltaChannel``, which stores each event once in the checkpoint writes and rebuilds the list by
 replaying them. Storage therefore grows with the text written, not with ``iterations x text`` as a plain list
-reducer would. ``scores``, ``outcomes`` and ``messages`` are append-only logs on the same channel type.
+reducer would. ``scores``, ``outcomes`` and ``history`` are append-only logs on the same channel type.
 
 The phase of a slot is read from its array lengths, never stored.
 """
@@ -74,7 +74,7 @@ def apply_run_log_events(slots: list[Slot], writes: Sequence[Any]) -> list[Slot]
 
 
 def extend(items: list, writes: Sequence[Any]) -> list:
-    """Append-only reducer for the small logs (scores, outcomes, messages)."""
+    """Append-only reducer for the small logs (scores, outcomes, history)."""
     out = list(items)
     for write in writes:
         out.extend(write if isinstance(write, list) else [write])
@@ -88,7 +88,7 @@ class RedraftState(TypedDict, total=False):
     # {"slot": i, "stop_reason": ..., "best": version index, "iterations": n, "similarity": last score, "note": ...}
     outcomes: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
     # Conversation history across queries: {"role": "user"|"assistant", "content": ...}, one pair per finished slot.
-    messages: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
+    history: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
     # Small per-query run settings: companion, similarity_threshold, max_loops, clear_history, mode.
     run_config: dict[str, Any]
 

@@ -29,7 +29,7 @@ def finish(state: RedraftState, stop_reason: str, scores: list[float], note: str
     if note is not None:
         outcome["note"] = note
     history = [{"role": "user", "content": slot["query"]}, {"role": "assistant", "content": vs[best]}]
-    return {"outcomes": [outcome], "messages": history}
+    return {"outcomes": [outcome], "history": history}
 
 
 async def critique(state: RedraftState, runtime: Runtime) -> dict:

@@ -18,6 +18,6 @@ async def draft(state: RedraftState, runtime: Runtime) -> dict:
     slot = state["run_log"][-1]
     run_config = state["run_config"]
     companion = ctx.companion(run_config["companion"])
-    messages = draft_messages(companion.prompts, slot["query"], state.get("messages") or [], run_config["clear_history"])
+    messages = draft_messages(companion.prompts, slot["query"], state.get("history") or [], run_config["clear_history"])
     text = await complete(ctx.models.get(slot["sampling"]), messages, "draft")
     return {"run_log": [{"op": "draft", "text": text}]}
