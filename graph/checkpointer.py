@@ -53,8 +53,7 @@ def backend_of(url: str) -> tuple[str, str]:
         return "postgres", url
     if lower.startswith("sqlite://"):
         path = url.split("://", 1)[1]
-        path = path[1:] if path.startswith("/") and not path.startswith("//") else path
-        # sqlite:///relative/x -> "relative/x"; sqlite:////abs/x -> "/abs/x"
+        path = path[1:] if path.startswith("/") else path  # sqlite:///rel/x -> rel/x; sqlite:////abs/x -> /abs/x
         return "sqlite", path if path else ":memory:"
     if "://" in url:
         raise ConfigError(f"Unsupported database URL scheme in {url.split('://', 1)[0]!r}.")

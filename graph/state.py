@@ -87,7 +87,8 @@ class RedraftState(TypedDict, total=False):
     scores: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
     # {"slot": i, "stop_reason": ..., "best": version index, "iterations": n, "similarity": last score, "note": ...}
     outcomes: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
-    # Conversation history across queries: {"role": "user"|"assistant", "content": ...}, one pair per finished slot.
+    # Conversation history across queries: {"slot", "query", "answer"} per finished slot. (Not role/content dicts:
+    # LangGraph would coerce those into message objects.)
     history: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
     # Small per-query run settings: companion, similarity_threshold, max_loops, clear_history, mode.
     run_config: dict[str, Any]

@@ -14,7 +14,7 @@ from redraft.errors import PhaseError
 
 
 def finish(state: RedraftState, stop_reason: str, scores: list[float], note: str | None = None) -> dict:
-    """The updates that close the current slot: its outcome and the query/answer pair for history."""
+    """The updates that close the current slot: its outcome and its query/answer pair for later drafts."""
     index = len(state["run_log"]) - 1
     slot = state["run_log"][index]
     vs = versions(slot)
@@ -28,8 +28,7 @@ def finish(state: RedraftState, stop_reason: str, scores: list[float], note: str
     }
     if note is not None:
         outcome["note"] = note
-    history = [{"role": "user", "content": slot["query"]}, {"role": "assistant", "content": vs[best]}]
-    return {"outcomes": [outcome], "history": history}
+    return {"outcomes": [outcome], "history": [{"slot": index, "query": slot["query"], "answer": vs[best]}]}
 
 
 async def critique(state: RedraftState, runtime: Runtime) -> dict:

@@ -19,9 +19,8 @@ HISTORY_WINDOW = 3  # earlier query/answer pairs shown to the drafter
 def draft_messages(prompts: PromptSet, query: str, history: list[dict], clear_history: bool) -> list[BaseMessage]:
     messages: list[BaseMessage] = [SystemMessage(prompts.draft_system)]
     if not clear_history:
-        for item in history[-2 * HISTORY_WINDOW :]:
-            cls = HumanMessage if item["role"] == "user" else AIMessage
-            messages.append(cls(item["content"]))
+        for item in history[-HISTORY_WINDOW:]:
+            messages.extend([HumanMessage(item["query"]), AIMessage(item["answer"])])
     messages.append(HumanMessage(query))
     return messages
 

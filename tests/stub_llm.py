@@ -162,7 +162,8 @@ class StubLLM:
         words = text.split()
         for j in range(n):
             pos = (j * 7919 + k * 104729) % len(words)
-            words[pos] = f"{words[pos]}{k}"
+            options = [w for w in VOCAB if w != words[pos] and len(w) == len(words[pos])] or VOCAB
+            words[pos] = options[(j + k) % len(options)]  # same length: the text neither grows nor shrinks
         return " ".join(words)
 
     def handle(self, handler: BaseHTTPRequestHandler, body: dict) -> None:

@@ -1,0 +1,30 @@
+# `make serve` and `make test` each bootstrap .venv on first use (and again when pyproject.toml changes).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "redraft needs Python >= 3.11 on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+serve: $(STAMP)  ## MCP server over stdio on the embedded SQLite database (see README for HTTP)
+	$(BIN)/redraft serve $(ARGS)
+
+test: $(STAMP)  ## the whole test suite (PostgreSQL tests fail, never skip, when CI=true)
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(STAMP)  ## benchmarks: prints a table and writes docs/benchmarks.md
+	$(BIN)/python -m bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The MCP facade: FastMCP app, tools, resources, sessions, middleware and the CLI."""

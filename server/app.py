@@ -1,0 +1,92 @@
+"""The FastMCP application: lifespan (database, runner, session sweeper), auth, tools and resources.
+
+Every request reads and writes the database; the process keeps clients and pools, never the truth, so any number of
+``redraft serve`` processes can share one PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from fastmcp import FastMCP
+from fastmcp.server.lifespan import lifespan
+
+from redraft import __version__
+from redraft.graph.checkpointer import open_persistence
+from redraft.graph.companions import get_companion
+from redraft.graph.runner import Runner, thread_id_for
+from redraft.nodes.model import ModelProvider
+from redraft.server.auth import build_auth
+from redraft.server.sessions import SessionStore, principal_key
+from redraft.settings import Settings, get_settings
+
+log = logging.getLogger("redraft.server")
+
+INSTRUCTIONS = """\
+redraft refines answers with a draft -> critique -> revise loop and keeps every step in durable checkpoints.
+Call create_session first and pass its session_id to every other tool. Each companion type (see `companions`) has
+its own thread in the session. Use `refine` to run a query to convergence, or draft/critique/revise to step by hand.
+"""
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    models: ModelProvider
+    runner: Runner | None = None
+    sessions: SessionStore | None = None
+
+    async def thread(self, session_id: str, companion: str) -> str:
+        """Validate the companion and the caller's session (recording the access); return the thread id."""
+        get_companion(companion, self.settings.companions)
+        session_id = await self.sessions.touch(principal_key(), session_id)
+        return thread_id_for(session_id, companion)
+
+
+def create_server(settings: Settings | None = None, models: ModelProvider | None = None) -> FastMCP:
+    settings = settings or get_settings()
+    state = AppState(settings=settings, models=models or ModelProvider(settings))
+
+    @lifespan
+    async def backend(server: FastMCP):
+        async with open_persistence(settings) as persistence:
+            state.runner = Runner(persistence, settings, state.models)
+            state.sessions = SessionStore(
+                persistence.db, persistence.saver, settings.session_ttl_seconds, settings.max_sessions
+            )
+            sweeper = asyncio.create_task(_sweep_forever(state))
+            try:
+                yield {"redraft": state}
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+
+    mcp = FastMCP(
+        "redraft",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        auth=build_auth(settings),
+        lifespan=backend,
+        mask_error_details=True,
+    )
+    from redraft.server.resources import register_resources
+    from redraft.server.tools import register_tools
+
+    register_tools(mcp, state)
+    register_resources(mcp, state)
+    return mcp
+
+
+async def _sweep_forever(state: AppState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.sweep_interval_seconds)
+        try:
+            expired = await state.sessions.sweep()
+            if expired:
+                log.info("expired %d idle sessions", expired)
+        except Exception:  # noqa: BLE001 - a failed sweep is retried next round
+            log.warning("session sweep failed; will retry", exc_info=True)

@@ -1,0 +1,87 @@
+"""Typed inputs and structured outputs of the MCP tools."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Sampling(BaseModel):
+    """Per-query sampling overrides. Endpoint and key are server settings and cannot be set here."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
+    top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    max_tokens: Annotated[int | None, Field(ge=1, le=200_000)] = None
+    seed: int | None = None
+
+
+class Decision(BaseModel):
+    """A human decision at a step-mode gate."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["approve", "edit", "replace"]
+    text: str | None = Field(default=None, description="replace: the critique or revision to use instead")
+    critique: str | None = Field(default=None, description="edit (before a revision): the corrected critique")
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    created_at: float
+    expires_after_idle_s: float
+
+
+class SessionEnded(BaseModel):
+    session_id: str
+    ended: bool
+    threads_deleted: int
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    created_at: float
+    last_accessed: float
+    expires_at: float
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionSummary]
+
+
+class ThreadView(BaseModel):
+    """A thread (one companion type within a session) at its latest checkpoint, or at a given one."""
+
+    session_id: str
+    companion: str
+    phase: str = Field(description="empty | needs_draft | ready_to_critique | needs_revision | done")
+    slot_index: int | None
+    slots: int
+    slot: dict[str, Any] | None = Field(description="the current run_log slot {query, draft, critique, revision, ...}")
+    similarities: list[float]
+    convergence: dict[str, Any] | None
+    stop_reason: str | None
+    best_version: int | None = Field(description="0 = the draft, k = revision k")
+    final_text: str | None
+    run_config: dict[str, Any]
+    next: list[str]
+    pending_gate: dict[str, Any] | None
+    checkpoint_id: str | None
+    duration_s: float | None = None
+    suggestions: dict[str, Any] | None = None
+
+
+class CompanionInfo(BaseModel):
+    name: str
+    description: str
+    model: str | None
+    temperature: float | None
+    similarity_threshold: float
+    max_loops: int
+    clear_history: bool
+    mode: str
+
+
+class CompanionList(BaseModel):
+    companions: list[CompanionInfo]

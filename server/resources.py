@@ -1,0 +1,69 @@
+"""Resource templates over a thread's current slot. Missing data is an MCP error, never a placeholder value."""
+
+from __future__ import annotations
+
+import json
+
+from fastmcp import FastMCP
+from fastmcp.exceptions import ResourceError
+
+from redraft.errors import RedraftError
+from redraft.graph.convergence import analyse
+from redraft.graph.state import versions
+from redraft.server.middleware import guard
+
+BASE = "redraft://sessions/{session_id}/{companion}"
+
+
+class NotFound(RedraftError):
+    code = "not_found"
+
+
+def register_resources(mcp: FastMCP, app) -> None:
+    async def current(session_id: str, companion: str) -> tuple[dict, dict]:
+        thread = await app.thread(session_id, companion)
+        status = await app.runner.status(thread)
+        if status["slot"] is None:
+            raise NotFound("This thread has no query yet.")
+        return status, status["slot"]
+
+    @mcp.resource(f"{BASE}/latest_critique", mime_type="text/plain")
+    @guard(ResourceError)
+    async def latest_critique(session_id: str, companion: str) -> str:
+        """The most recent critique of the current query."""
+        _, slot = await current(session_id, companion)
+        if not slot["critique"]:
+            raise NotFound("The current query has no critique yet.")
+        return slot["critique"][-1]
+
+    @mcp.resource(f"{BASE}/penultimate_revision", mime_type="text/plain")
+    @guard(ResourceError)
+    async def penultimate_revision(session_id: str, companion: str) -> str:
+        """The revision before the latest one (what the last revision changed)."""
+        _, slot = await current(session_id, companion)
+        if len(slot["revision"]) < 2:
+            raise NotFound(f"The current query has {len(slot['revision'])} revision(s); this needs at least 2.")
+        return slot["revision"][-2]
+
+    @mcp.resource(f"{BASE}/convergence", mime_type="application/json")
+    @guard(ResourceError)
+    async def convergence(session_id: str, companion: str) -> str:
+        """Similarities between consecutive versions (computed from the texts), the threshold and whether it
+        converged."""
+        status, slot = await current(session_id, companion)
+        vs = versions(slot)
+        if not vs:
+            raise NotFound("The current query has no draft yet.")
+        report = analyse(vs, status["run_config"]["similarity_threshold"])
+        report.update(stop_reason=status["stop_reason"], max_loops=status["run_config"]["max_loops"])
+        return json.dumps(report)
+
+    @mcp.resource(f"{BASE}/run_log", mime_type="application/json")
+    @guard(ResourceError)
+    async def run_log(session_id: str, companion: str) -> str:
+        """The whole run_log of the thread: one slot per query."""
+        thread = await app.thread(session_id, companion)
+        state = (await app.runner.snapshot(thread)).values
+        if not state.get("run_log"):
+            raise NotFound("This thread has no query yet.")
+        return json.dumps(state["run_log"])

@@ -1,0 +1,173 @@
+"""MCP tools: sessions, the three steps, refine (with progress), resume and status."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastmcp import Context, FastMCP
+from fastmcp.server.sessions import SessionId
+from pydantic import Field
+
+from redraft.graph.companions import COMPANION_MAP, get_companion
+from redraft.graph.runner import thread_id_for
+from redraft.server.middleware import guard
+from redraft.server.models import (
+    CompanionInfo,
+    CompanionList,
+    Decision,
+    Sampling,
+    SessionEnded,
+    SessionInfo,
+    SessionList,
+    SessionSummary,
+    ThreadView,
+)
+from redraft.server.sessions import principal_key
+
+CompanionName = Annotated[
+    str, Field(description=f"Companion type: one of {', '.join(COMPANION_MAP)}.", min_length=1, max_length=64)
+]
+Threshold = Annotated[float | None, Field(ge=0.0, le=1.0, description="Stop when consecutive versions are this similar.")]
+MaxLoops = Annotated[int | None, Field(ge=1, le=1000, description="At most this many critique/revise loops.")]
+OptText = Annotated[str | None, Field(description="Supply the text yourself instead of asking the model.")]
+
+
+def view(session_id: str, companion: str, data: dict) -> ThreadView:
+    data = {k: v for k, v in data.items() if k != "thread_id"}
+    return ThreadView(session_id=session_id, companion=companion, **data)
+
+
+def _options(similarity_threshold, max_loops, sampling: Sampling | None) -> dict:
+    options: dict = {"similarity_threshold": similarity_threshold, "max_loops": max_loops}
+    if sampling is not None:
+        options["sampling"] = sampling.model_dump(exclude_none=True)
+    return options
+
+
+def register_tools(mcp: FastMCP, app) -> None:
+    @mcp.tool(annotations={"idempotentHint": False})
+    @guard()
+    async def create_session() -> SessionInfo:
+        """Create a session. Pass its session_id to every other tool. Idle sessions expire (see expires_after_idle_s)."""
+        return SessionInfo(**await app.sessions.create(principal_key()))
+
+    @mcp.tool(annotations={"destructiveHint": True})
+    @guard()
+    async def end_session(session_id: SessionId) -> SessionEnded:
+        """End a session and delete all of its threads and checkpoints."""
+        return SessionEnded(**await app.sessions.end(principal_key(), session_id))
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    @guard()
+    async def list_sessions(limit: Annotated[int, Field(ge=1, le=1000)] = 100) -> SessionList:
+        """Your live sessions, most recently used first."""
+        rows = await app.sessions.list(principal_key(), limit)
+        return SessionList(sessions=[SessionSummary(**row) for row in rows])
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    @guard()
+    async def companions() -> CompanionList:
+        """The companion types and their defaults (model, temperature, threshold, max_loops, history, mode)."""
+        return CompanionList(
+            companions=[
+                CompanionInfo(**get_companion(name, app.settings.companions).public()) for name in COMPANION_MAP
+            ]
+        )
+
+    @mcp.tool
+    @guard()
+    async def draft(
+        session_id: SessionId,
+        query: Annotated[str, Field(description="The request to answer.")],
+        companion: CompanionName = "generic",
+        similarity_threshold: Threshold = None,
+        max_loops: MaxLoops = None,
+        sampling: Sampling | None = None,
+    ) -> ThreadView:
+        """Start a new query on the companion's thread: adds a run_log slot and writes the draft. Refuses if the
+        thread's current query is unfinished."""
+        thread = await app.thread(session_id, companion)
+        options = _options(similarity_threshold, max_loops, sampling)
+        return view(session_id, companion, await app.runner.draft(thread, companion, query, **options))
+
+    @mcp.tool
+    @guard()
+    async def critique(session_id: SessionId, companion: CompanionName = "generic", text: OptText = None) -> ThreadView:
+        """Critique the current version (by the model, or pass your own `text`). Needs phase ready_to_critique."""
+        thread = await app.thread(session_id, companion)
+        return view(session_id, companion, await app.runner.critique(thread, text))
+
+    @mcp.tool
+    @guard()
+    async def revise(
+        session_id: SessionId,
+        companion: CompanionName = "generic",
+        text: OptText = None,
+        critique: Annotated[str | None, Field(description="Correct the pending critique before revising.")] = None,
+    ) -> ThreadView:
+        """Revise the current version using the pending critique. Needs phase needs_revision."""
+        thread = await app.thread(session_id, companion)
+        return view(session_id, companion, await app.runner.revise(thread, text, critique))
+
+    @mcp.tool
+    @guard()
+    async def refine(
+        ctx: Context,
+        session_id: SessionId,
+        companion: CompanionName = "generic",
+        query: Annotated[str | None, Field(description="Start this new query; omit to continue the current one.")] = None,
+        similarity_threshold: Threshold = None,
+        max_loops: MaxLoops = None,
+        sampling: Sampling | None = None,
+    ) -> ThreadView:
+        """Run draft -> critique -> revise until the critic is satisfied, consecutive versions converge, or max_loops
+        is reached. Sends a progress notification after every step. In `step` mode it stops at each human gate:
+        answer with `resume`."""
+        thread = await app.thread(session_id, companion)
+        if query is None:
+            loops = (await app.runner.status(thread))["run_config"].get("max_loops", 1)
+        else:
+            loops = max_loops or get_companion(companion, app.settings.companions).max_loops
+        total = 1 + 2 * loops
+        done = 0
+
+        async def on_step(event: dict) -> None:
+            nonlocal done
+            done += 1
+            await ctx.report_progress(min(done, total), total, f"{event['node']} finished")
+
+        result = await app.runner.refine(
+            thread, companion, query, on_step=on_step, **(_options(similarity_threshold, max_loops, sampling) if query is not None else {})
+        )
+        return view(session_id, companion, result)
+
+    @mcp.tool
+    @guard()
+    async def resume(
+        ctx: Context,
+        session_id: SessionId,
+        companion: CompanionName = "generic",
+        decision: Annotated[Decision | None, Field(description="Answer to a pending step-mode gate.")] = None,
+    ) -> ThreadView:
+        """Continue a thread stopped by a crash, an error or a step-mode gate, from its last checkpoint. Completed
+        steps are never repeated."""
+        thread = await app.thread(session_id, companion)
+        done = 0
+
+        async def on_step(event: dict) -> None:
+            nonlocal done
+            done += 1
+            await ctx.report_progress(done, None, f"{event['node']} finished")
+
+        payload = decision.model_dump(exclude_none=True) if decision else None
+        return view(session_id, companion, await app.runner.resume(thread, payload, on_step=on_step))
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    @guard()
+    async def status(session_id: SessionId, companion: CompanionName = "generic") -> ThreadView:
+        """The thread's phase, current slot, similarities, stop reason and final text."""
+        thread = await app.thread(session_id, companion)
+        return view(session_id, companion, await app.runner.status(thread))
+
+
+__all__ = ["register_tools", "thread_id_for", "view"]

@@ -1,0 +1,92 @@
+"""Shared fixtures: a real OpenAI-compatible HTTP stub, real PostgreSQL, real SQLite.
+
+PostgreSQL: ``REDRAFT_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``) if it answers;
+otherwise pytest-postgresql starts a throwaway server from ``pg_ctl``. With ``CI=true`` a missing PostgreSQL is a
+test *failure*, never a skip. Each test session works in its own freshly created database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from redraft.graph.checkpointer import open_persistence
+from redraft.graph.runner import Runner
+from redraft.settings import load_settings
+from tests.stub_llm import StubLLM
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ADMIN_URL = os.environ.get("REDRAFT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(request) -> str:
+    if _reachable(ADMIN_URL):
+        return ADMIN_URL
+    try:  # a laptop without a running server: start one from pg_ctl
+        proc = request.getfixturevalue("postgresql_proc")
+        return f"postgresql://{proc.user}@{proc.host}:{proc.port}/postgres"
+    except Exception as exc:  # noqa: BLE001
+        message = f"PostgreSQL is not reachable at {ADMIN_URL} and could not be started ({exc})"
+        if IN_CI:
+            pytest.fail(message + " -- CI=true: Postgres tests must not skip.")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_admin_url) -> str:
+    """A fresh database for this test session, dropped at the end."""
+    name = f"redraft_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def stub() -> StubLLM:
+    s = StubLLM().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_stub(request):
+    if "stub" in request.fixturenames:
+        request.getfixturevalue("stub").reset()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "redraft.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+def make_settings(db_url: str, stub: StubLLM, **extra):
+    return load_settings(database_url=db_url, base_url=stub.base_url, model="stub-model", max_retries=0, **extra)
+
+
+@pytest.fixture
+async def runner(db_url, stub) -> AsyncIterator[Runner]:
+    settings = make_settings(db_url, stub)
+    async with open_persistence(settings) as persistence:
+        yield Runner(persistence, settings)
+
+
+def new_thread() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
