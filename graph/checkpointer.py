@@ -9,6 +9,7 @@ All use ``SafeSerializer`` (JSON first, never pickle). ``setup()`` runs once per
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-
 from redraft.graph.database import Database, PostgresDatabase, SqliteDatabase, storage_error
 from redraft.graph.serde import SafeSerializer
+
 from redraft.errors import ConfigError, RedraftError
 from redraft.settings import Settings
 
@@ -118,8 +119,7 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     if path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        path = str(Path(path).expanduser())
+        path = await asyncio.to_thread(_prepare_file, path)
     conn = await aiosqlite.connect(path, timeout=30)
     try:
         await conn.execute("PRAGMA busy_timeout=30000")
@@ -133,3 +133,10 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
         yield Persistence(saver=saver, db=db, kind=kind)
     finally:
         await conn.close()
+
+
+def _prepare_file(path: str) -> str:
+    """Expand ``~`` and create the parent directory of a SQLite file."""
+    file = Path(path).expanduser()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return str(file)

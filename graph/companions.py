@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from redraft.nodes.prompts import CODE, ESSAY, GENERIC, SUMMARY, PromptSet
+
 from redraft.errors import UnknownCompanionError
 
 Mode = Literal["auto", "step"]

@@ -65,7 +65,8 @@ class Database:
         """Hold a lease on a thread for the duration of one step; refuse (ConflictError) if someone else holds it.
 
         A lease row, renewed by a heartbeat while the step runs, works the same on Postgres and SQLite and across
-        server processes without pinning a pooled connection. If the holder dies, the lease lapses after ``lease_ttl`` seconds.
+        server processes without pinning a pooled connection. If the holder dies, the lease lapses after
+        ``lease_ttl`` seconds.
         """
         ttl = self.lease_ttl
         owner = uuid.uuid4().hex
@@ -117,7 +118,6 @@ class PostgresDatabase(Database):
             return list(await cur.fetchall())
 
 
-
 class SqliteDatabase(Database):
     kind = "sqlite"
 
@@ -133,7 +133,6 @@ class SqliteDatabase(Database):
         async with self.conn.execute(sql, params) as cur:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
-
 
 
 def storage_error(exc: BaseException) -> StorageError:

@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langgraph.types import Command, StateSnapshot
-
-from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
 from redraft.graph.builder import build_graph
 from redraft.graph.checkpointer import Persistence
 from redraft.graph.companions import Companion, get_companion
@@ -24,6 +22,8 @@ from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_
 from redraft.nodes.context import RedraftContext
 from redraft.nodes.gate import validate_decision
 from redraft.nodes.model import ModelProvider, effective_sampling
+
+from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
 from redraft.settings import Settings
 
 StepCallback = Callable[[dict], Awaitable[None]]
@@ -177,7 +177,10 @@ class Runner:
     async def revise(self, thread_id: str, text: str | None = None, critique: str | None = None) -> dict:
         decision: dict = {"action": "approve"}
         if critique is not None:
-            decision = {"action": "edit", "critique": self.check_text(critique, "critique", self.settings.max_text_chars)}
+            decision = {
+                "action": "edit",
+                "critique": self.check_text(critique, "critique", self.settings.max_text_chars),
+            }
         if text is not None:
             if critique is not None:
                 raise InvalidInputError("Pass either a revision text or an edited critique, not both.")

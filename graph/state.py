@@ -133,7 +133,9 @@ def phase_of(state: dict) -> Phase:
         return "ready_to_critique"
     if pending == 1:
         return "needs_revision"
-    raise AssertionError(f"run_log invariant broken: {len(slot['critique'])} critiques, {len(slot['revision'])} revisions")
+    raise AssertionError(
+        f"run_log invariant broken: {len(slot['critique'])} critiques, {len(slot['revision'])} revisions"
+    )
 
 
 def check_invariants(state: dict) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
-
 from redraft.graph.state import RedraftState, phase_of
 from redraft.nodes.context import context_of
 from redraft.nodes.model import complete
 from redraft.nodes.windows import draft_messages
+
 from redraft.errors import PhaseError
 
 

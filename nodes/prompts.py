@@ -28,7 +28,8 @@ _REVISER_TAIL = (
 )
 
 GENERIC = PromptSet(
-    draft_system="You are a careful assistant. Write a complete, accurate, well-organised answer to the user's request.",
+    draft_system="You are a careful assistant. "
+    "Write a complete, accurate, well-organised answer to the user's request.",
     critique_system="You are a demanding critic reviewing an answer for accuracy, completeness and clarity. "
     + _CRITIC_TAIL,
     revise_system="You are an editor revising an answer using a critic's review. " + _REVISER_TAIL,

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     jwt_public_key: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # DNS-rebinding guard on HTTP: "auto" checks Host/Origin on loopback binds and whenever allow-lists are set,
+    # "strict" always, "off" never.
+    host_origin_protection: Literal["auto", "strict", "off"] = "auto"
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
 
@@ -93,7 +96,7 @@ class Settings(BaseSettings):
         """The effective settings with every secret masked, for ``redraft config`` and logs."""
         data = self.model_dump(mode="json")
         data["api_key"] = "****" if self.api_key.get_secret_value() else ""
-        data["auth_tokens"] = {"****": principal for principal in self.auth_tokens.values()}
+        data["auth_tokens"] = {f"****{i}": principal for i, principal in enumerate(self.auth_tokens.values(), 1)}
         data["database_url"] = mask_url(self.database_url)
         return data
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from fastmcp import FastMCP
 from fastmcp.server.lifespan import lifespan
-
-from redraft import __version__
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.companions import get_companion
 from redraft.graph.runner import Runner, thread_id_for
 from redraft.nodes.model import ModelProvider
 from redraft.server.auth import build_auth
 from redraft.server.sessions import SessionStore, principal_key
+
+from redraft import __version__
 from redraft.settings import Settings, get_settings
 
 log = logging.getLogger("redraft.server")
@@ -88,5 +88,5 @@ async def _sweep_forever(state: AppState) -> None:
             expired = await state.sessions.sweep()
             if expired:
                 log.info("expired %d idle sessions", expired)
-        except Exception:  # noqa: BLE001 - a failed sweep is retried next round
+        except Exception:
             log.warning("session sweep failed; will retry", exc_info=True)

@@ -12,7 +12,9 @@ import typer
 from redraft.errors import RedraftError
 from redraft.settings import Settings, load_settings
 
-app = typer.Typer(name="redraft", help="Draft -> critique -> revise with durable checkpoints, over MCP.", no_args_is_help=True)
+app = typer.Typer(
+    name="redraft", help="Draft -> critique -> revise with durable checkpoints, over MCP.", no_args_is_help=True
+)
 
 
 @app.callback()
@@ -38,7 +40,9 @@ def serve(
     from redraft.server.app import create_server
 
     settings = settings_from(database_url)
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     mcp = create_server(settings)
     if transport == "stdio":
         asyncio.run(mcp.run_stdio_async(show_banner=False))
@@ -51,6 +55,7 @@ def serve(
                 port=port if port is not None else settings.port,
                 path="/mcp",
                 log_level=settings.log_level.lower(),
+                host_origin_protection={"auto": "auto", "strict": True, "off": False}[settings.host_origin_protection],
                 allowed_hosts=settings.allowed_hosts or None,
                 allowed_origins=settings.allowed_origins or None,
             )

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from fastmcp.exceptions import FastMCPError, ResourceError, ToolError
+from fastmcp.exceptions import FastMCPError, ToolError
 
 from redraft.errors import RedraftError
 

@@ -14,11 +14,11 @@ import time
 import uuid
 
 from fastmcp.server.sessions import current_principal
-
-from redraft.errors import InvalidInputError, SessionNotFoundError
 from redraft.graph.companions import COMPANION_MAP
 from redraft.graph.database import Database
 from redraft.graph.runner import thread_id_for
+
+from redraft.errors import InvalidInputError, SessionNotFoundError
 
 
 def principal_key() -> str:
@@ -95,9 +95,7 @@ class SessionStore:
     async def sweep(self) -> int:
         """Delete every session idle past the TTL, with its threads and checkpoints. Safe to run from any process."""
         cutoff = time.time() - self.ttl
-        expired = await self.db.fetchall(
-            "SELECT session_id FROM redraft_sessions WHERE last_accessed < ?", (cutoff,)
-        )
+        expired = await self.db.fetchall("SELECT session_id FROM redraft_sessions WHERE last_accessed < ?", (cutoff,))
         for row in expired:
             await self._delete_threads(row["session_id"])
             await self.db.execute(

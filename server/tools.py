@@ -7,7 +7,6 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from fastmcp.server.sessions import SessionId
 from pydantic import Field
-
 from redraft.graph.companions import COMPANION_MAP, get_companion
 from redraft.graph.runner import thread_id_for
 from redraft.server.middleware import guard
@@ -27,7 +26,9 @@ from redraft.server.sessions import principal_key
 CompanionName = Annotated[
     str, Field(description=f"Companion type: one of {', '.join(COMPANION_MAP)}.", min_length=1, max_length=64)
 ]
-Threshold = Annotated[float | None, Field(ge=0.0, le=1.0, description="Stop when consecutive versions are this similar.")]
+Threshold = Annotated[
+    float | None, Field(ge=0.0, le=1.0, description="Stop when consecutive versions are this similar.")
+]
 MaxLoops = Annotated[int | None, Field(ge=1, le=1000, description="At most this many critique/revise loops.")]
 OptText = Annotated[str | None, Field(description="Supply the text yourself instead of asking the model.")]
 
@@ -48,7 +49,8 @@ def register_tools(mcp: FastMCP, app) -> None:
     @mcp.tool(annotations={"idempotentHint": False})
     @guard()
     async def create_session() -> SessionInfo:
-        """Create a session. Pass its session_id to every other tool. Idle sessions expire (see expires_after_idle_s)."""
+        """Create a session and pass its session_id to every other tool. Idle sessions expire
+        (see expires_after_idle_s)."""
         return SessionInfo(**await app.sessions.create(principal_key()))
 
     @mcp.tool(annotations={"destructiveHint": True})
@@ -115,7 +117,9 @@ def register_tools(mcp: FastMCP, app) -> None:
         ctx: Context,
         session_id: SessionId,
         companion: CompanionName = "generic",
-        query: Annotated[str | None, Field(description="Start this new query; omit to continue the current one.")] = None,
+        query: Annotated[
+            str | None, Field(description="Start this new query; omit to continue the current one.")
+        ] = None,
         similarity_threshold: Threshold = None,
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
@@ -137,7 +141,11 @@ def register_tools(mcp: FastMCP, app) -> None:
             await ctx.report_progress(min(done, total), total, f"{event['node']} finished")
 
         result = await app.runner.refine(
-            thread, companion, query, on_step=on_step, **(_options(similarity_threshold, max_loops, sampling) if query is not None else {})
+            thread,
+            companion,
+            query,
+            on_step=on_step,
+            **(_options(similarity_threshold, max_loops, sampling) if query is not None else {}),
         )
         return view(session_id, companion, result)
 

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
-
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
+
 from redraft.settings import load_settings
 from tests.stub_llm import StubLLM
 
@@ -38,7 +38,7 @@ def pg_admin_url(request) -> str:
     try:  # a laptop without a running server: start one from pg_ctl
         proc = request.getfixturevalue("postgresql_proc")
         return f"postgresql://{proc.user}@{proc.host}:{proc.port}/postgres"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         message = f"PostgreSQL is not reachable at {ADMIN_URL} and could not be started ({exc})"
         if IN_CI:
             pytest.fail(message + " -- CI=true: Postgres tests must not skip.")

@@ -220,11 +220,21 @@ class StubLLM:
         pieces = re.findall(r"\S+\s*", content) or [""]
         for i, piece in enumerate(pieces):
             delta = {"content": piece} if i else {"role": "assistant", "content": piece}
-            chunk = {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            chunk = {
+                "id": "s",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        end = {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": model,
-               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        end = {
+            "id": "s",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         handler.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
         handler.wfile.flush()
         handler.close_connection = True

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from redraft.errors import InvalidInputError, PhaseError, UnknownCompanionError
 from redraft.graph.convergence import similarity
 from redraft.graph.state import check_invariants, phase_of
+
+from redraft.errors import InvalidInputError, PhaseError, UnknownCompanionError
 from tests.conftest import new_thread
 
 

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
-import subprocess
 import sys
 import textwrap
 
 import ormsgpack
 import psycopg
 import pytest
-
-from redraft.errors import ConfigError, UnsafePayloadError
 from redraft.graph.checkpointer import backend_of, open_persistence
 from redraft.graph.companions import get_companion
 from redraft.graph.runner import Runner
 from redraft.graph.serde import SafeSerializer
+
+from redraft.errors import ConfigError, UnsafePayloadError
 from redraft.settings import load_settings
 from tests.conftest import make_settings, new_thread
 
@@ -44,10 +44,12 @@ async def test_thread_survives_process_restart(pg_url, stub):
     thread = new_thread()
     async with open_persistence(settings) as p:
         result = await Runner(p, settings).refine(thread, "code", "Write a retry decorator.")
-    out = subprocess.run(
-        [sys.executable, "-c", READ_BACK, pg_url, thread], capture_output=True, text=True, timeout=60, check=True
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", READ_BACK, pg_url, thread, stdout=asyncio.subprocess.PIPE
     )
-    again = json.loads(out.stdout)
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    again = json.loads(stdout)
     assert again["slot"] == result["slot"]
     assert again["stop_reason"] == result["stop_reason"] == "converged"
     assert again["similarities"] == result["similarities"]
@@ -131,8 +133,9 @@ async def test_storage_grows_linearly_on_postgres(pg_url, stub):
     content = sum(len(t.encode()) for t in [slot["query"], slot["draft"], *slot["critique"], *slot["revision"]])
     with psycopg.connect(pg_url) as conn:
         total = sum(
-            conn.execute(f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} t WHERE thread_id = %s", (thread,))
-            .fetchone()[0]
+            conn.execute(
+                f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} t WHERE thread_id = %s", (thread,)
+            ).fetchone()[0]
             for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
         )
     assert total / content <= 1.5, f"{total} bytes for {content} bytes of text"
@@ -144,11 +147,11 @@ def test_bad_settings_are_clear_errors(monkeypatch):
     with pytest.raises(ConfigError, match="REDRAFT_DATABASE_URL"):
         load_settings(database_url="  ")
     monkeypatch.setenv("REDRAFT_COMPANIONS__CODE__SIMILARITY_THRESHOLD", "1.5")
-    with pytest.raises(ConfigError, match="SIMILARITY_THRESHOLD.*less than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"SIMILARITY_THRESHOLD.*less than or equal to 1"):
         load_settings()
     monkeypatch.setenv("REDRAFT_COMPANIONS__CODE__SIMILARITY_THRESHOLD", "0.9")
     monkeypatch.setenv("REDRAFT_COMPANIONS__CODE__MAX_LOOPS", "0")
-    with pytest.raises(ConfigError, match="MAX_LOOPS.*greater than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"MAX_LOOPS.*greater than or equal to 1"):
         load_settings()
     monkeypatch.setenv("REDRAFT_COMPANIONS__CODE__MAX_LOOPS", "3")
     settings = load_settings()

@@ -1,0 +1,89 @@
+"""Real ``redraft serve`` subprocesses for tests: HTTP on a free port, or stdio parameters."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REDRAFT = str(Path(sys.executable).with_name("redraft"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(db_url: str, base_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDRAFT_")}
+    env.update(
+        REDRAFT_DATABASE_URL=db_url,
+        REDRAFT_BASE_URL=base_url,
+        REDRAFT_MODEL="stub-model",
+        REDRAFT_MAX_RETRIES="0",
+        REDRAFT_LOG_LEVEL="WARNING",
+        **extra,
+    )
+    return env
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"server did not listen on {port} within {timeout}s")
+
+
+class HttpServer:
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.env = env
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> HttpServer:
+        self.proc = subprocess.Popen(
+            [REDRAFT, "serve", "--transport", "http", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no graceful shutdown -- a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextlib.contextmanager
+def http_server(env: dict[str, str]) -> Iterator[HttpServer]:
+    server = HttpServer(env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
