@@ -97,7 +97,8 @@ class Runner:
         except RedraftError as exc:
             raise InvalidInputError(exc.message) from None
         return {
-            "run_log": [{"op": "open", "query": query, "variant": companion.name, "sampling": effective}],
+            # "slot" is filled in under the thread lock, once the current run_log length is known
+            "run_log": [{"op": "open", "slot": None, "query": query, "variant": companion.name, "sampling": effective}],
             "run_config": {
                 "companion": companion.name,
                 "similarity_threshold": float(threshold),
@@ -162,6 +163,7 @@ class Runner:
                     f"The current query is not finished (phase {phase_of(state)!r}); "
                     "finish it with refine (or end the session) before drafting a new one."
                 )
+            graph_input["run_log"][0]["slot"] = len(state.get("run_log") or [])
             await self._run(thread_id, graph_input, stepwise=True)
         return await self.status(thread_id)
 
@@ -227,6 +229,8 @@ class Runner:
                 raise PhaseError(f"The current query is not finished (phase {phase!r}); call refine without a query.")
             if graph_input is None and phase in ("empty", "done"):
                 raise PhaseError("Nothing to refine: pass a query to start one.")
+            if graph_input is not None:
+                graph_input["run_log"][0]["slot"] = len(snap.values.get("run_log") or [])
             stepwise = (snap.values.get("run_config") or {}).get("mode", comp.mode) == "step"
             if graph_input is None and stepwise and pending_gate(snap) is not None:
                 raise PhaseError("The thread is waiting for a human decision: call resume with one.")

@@ -4,8 +4,8 @@
 
     {query, draft, critique: [...], revision: [...], variant, sampling}
 
-Nodes never write whole slots. They write small *events* (``open``, ``draft``, ``critique``, ``edit_critique``,
-``revision``) into a ``DeltaChannel``, which stores each event once in the checkpoint writes and rebuilds the list by
+Nodes never write whole slots. They write small *events* (``open``, ``draft``, ``critique``, ``revision`` and,
+for forks and human edits, ``edit_critique`` / ``edit_revision``) into a ``DeltaChannel``, which stores each event once in the checkpoint writes and rebuilds the list by
 replaying them. Storage therefore grows with the text written, not with ``iterations x text`` as a plain list
 reducer would. ``scores``, ``outcomes`` and ``history`` are append-only logs on the same channel type.
 
@@ -58,6 +58,7 @@ def apply_run_log_events(slots: list[Slot], writes: Sequence[Any]) -> list[Slot]
                 continue
             if not slots:
                 raise ValueError(f"run_log event {op!r} before any slot was opened")
+            _check_addressing(event, slots)
             slot = dict(slots[-1])
             if op == "draft":
                 slot["draft"] = event["text"]
@@ -65,12 +66,37 @@ def apply_run_log_events(slots: list[Slot], writes: Sequence[Any]) -> list[Slot]
                 slot["critique"] = [*slot["critique"], event["text"]]
             elif op == "edit_critique":
                 slot["critique"] = [*slot["critique"][:-1], event["text"]]
+            elif op == "edit_revision":
+                slot["revision"] = [*slot["revision"][:-1], event["text"]]
             elif op == "revision":
                 slot["revision"] = [*slot["revision"], event["text"]]
             else:
                 raise ValueError(f"unknown run_log event {op!r}")
             slots[-1] = slot  # type: ignore[assignment]
     return slots
+
+
+_EXPECTED_N = {
+    "critique": lambda s: len(s["critique"]) + 1,
+    "revision": lambda s: len(s["revision"]) + 1,
+    "edit_critique": lambda s: len(s["critique"]),
+    "edit_revision": lambda s: len(s["revision"]),
+}
+
+
+def _check_addressing(event: dict, slots: list[Slot]) -> None:
+    """Events name the slot and item they write; a mismatch means a bug or a bad edit, never silently applied."""
+    if event.get("slot", len(slots) - 1) != len(slots) - 1:
+        raise ValueError(f"run_log event for slot {event['slot']} but the current slot is {len(slots) - 1}")
+    expected = _EXPECTED_N.get(event["op"])
+    if expected is not None and "n" in event and event["n"] != expected(slots[-1]):
+        raise ValueError(f"run_log event {event['op']} #{event['n']} does not fit slot {len(slots) - 1}")
+
+
+def event(op: str, slot: int, n: int | None = None, **fields: Any) -> dict:
+    """A run_log event. ``slot`` and ``n`` (1-based critique/revision number) make each write self-describing, so
+    history can summarise a checkpoint from its writes without replaying the channel."""
+    return {"op": op, "slot": slot, **({"n": n} if n is not None else {}), **fields}
 
 
 def extend(items: list, writes: Sequence[Any]) -> list:
@@ -115,7 +141,12 @@ def outcome_for(state: dict, slot_index: int) -> dict | None:
 
 
 def scores_for(state: dict, slot_index: int) -> list[float]:
-    return [s["similarity"] for s in state.get("scores") or [] if s["slot"] == slot_index]
+    """Similarity per revision of a slot. A later record for the same iteration (an edited revision) wins."""
+    by_iteration: dict[int, float] = {}
+    for s in state.get("scores") or []:
+        if s["slot"] == slot_index:
+            by_iteration[s["iteration"]] = s["similarity"]
+    return [by_iteration[k] for k in sorted(by_iteration)]
 
 
 def phase_of(state: dict) -> Phase:

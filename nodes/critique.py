@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 from redraft.graph.convergence import best_version, critic_is_satisfied
-from redraft.graph.state import RedraftState, current_text, phase_of, scores_for, versions
+from redraft.graph.state import RedraftState, current_text, event, phase_of, scores_for, versions
 from redraft.nodes.context import context_of
 from redraft.nodes.gate import gate
 from redraft.nodes.model import complete
@@ -49,4 +49,4 @@ async def critique(state: RedraftState, runtime: Runtime) -> dict:
         text = await complete(ctx.models.get(slot["sampling"]), critique_messages(companion.prompts, slot), "critique")
     if critic_is_satisfied(text):
         return finish(state, "critic_satisfied", scores_for(state, index), note=text)
-    return {"run_log": [{"op": "critique", "text": text}]}
+    return {"run_log": [event("critique", index, len(slot["critique"]) + 1, text=text)]}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
-from redraft.graph.state import RedraftState, phase_of
+from redraft.graph.state import RedraftState, event, phase_of
 from redraft.nodes.context import context_of
 from redraft.nodes.model import complete
 from redraft.nodes.windows import draft_messages
@@ -20,4 +20,4 @@ async def draft(state: RedraftState, runtime: Runtime) -> dict:
     companion = ctx.companion(run_config["companion"])
     messages = draft_messages(companion.prompts, slot["query"], state.get("history") or [], run_config["clear_history"])
     text = await complete(ctx.models.get(slot["sampling"]), messages, "draft")
-    return {"run_log": [{"op": "draft", "text": text}]}
+    return {"run_log": [event("draft", len(state["run_log"]) - 1, text=text)]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 from redraft.graph.convergence import decide_after_revision, similarity
-from redraft.graph.state import RedraftState, apply_run_log_events, current_text, phase_of, scores_for
+from redraft.graph.state import RedraftState, apply_run_log_events, current_text, event, phase_of, scores_for
 from redraft.nodes.context import context_of
 from redraft.nodes.critique import finish
 from redraft.nodes.gate import gate
@@ -27,8 +27,8 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
     )
     events: list[dict] = []
     if decision["action"] == "edit":
-        events.append({"op": "edit_critique", "text": decision["critique"].strip()})
-        slot = apply_run_log_events([slot], [events])[0]
+        events.append(event("edit_critique", index, len(slot["critique"]), text=decision["critique"].strip()))
+        slot = apply_run_log_events(state["run_log"], [events])[-1]
     previous = current_text(slot)
     if decision["action"] == "replace":
         text = decision["text"].strip()
@@ -36,7 +36,7 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
         companion = ctx.companion(state["run_config"]["companion"])
         messages = revise_messages(companion.prompts, slot, slot["critique"][-1])
         text = await complete(ctx.models.get(slot["sampling"]), messages, "revision")
-    events.append({"op": "revision", "text": text})
+    events.append(event("revision", index, len(slot["revision"]) + 1, text=text))
 
     score = similarity(previous, text)
     iteration = len(slot["revision"]) + 1
@@ -45,6 +45,6 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
     run_config = state["run_config"]
     stop = decide_after_revision(scores, iteration, run_config["similarity_threshold"], run_config["max_loops"])
     if stop:
-        after = {**state, "run_log": [*state["run_log"][:index], apply_run_log_events([slot], [events[-1:]])[0]]}
+        after = {**state, "run_log": apply_run_log_events(state["run_log"], [events])}
         update.update(finish(after, stop, scores))
     return update
