@@ -57,7 +57,7 @@ class Runner:
     def config(thread_id: str, checkpoint_id: str | None = None) -> dict:
         configurable = {"thread_id": thread_id}
         if checkpoint_id:
-            configurable["checkpoint_id"] = checkpoint_id
+            configurable.update(checkpoint_id=checkpoint_id, checkpoint_ns="")
         return {"configurable": configurable}
 
     async def snapshot(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
@@ -116,12 +116,17 @@ class Runner:
         stepwise: bool,
         on_step: StepCallback | None = None,
         on_token: TokenCallback | None = None,
+        checkpoint_id: str | None = None,
     ) -> None:
         context = RedraftContext(settings=self.settings, models=self.models, stepwise=stepwise)
         modes = ["updates", "messages"] if on_token else ["updates"]
         try:
             async for mode, chunk in self.graph.astream(
-                graph_input, self.config(thread_id), context=context, stream_mode=modes, durability="sync"
+                graph_input,
+                self.config(thread_id, checkpoint_id),
+                context=context,
+                stream_mode=modes,
+                durability="sync",
             ):
                 if mode == "messages" and on_token:
                     message, meta = chunk

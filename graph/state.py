@@ -5,9 +5,10 @@
     {query, draft, critique: [...], revision: [...], variant, sampling}
 
 Nodes never write whole slots. They write small *events* (``open``, ``draft``, ``critique``, ``revision`` and,
-for forks and human edits, ``edit_critique`` / ``edit_revision``) into a ``DeltaChannel``, which stores each event once in the checkpoint writes and rebuilds the list by
-replaying them. Storage therefore grows with the text written, not with ``iterations x text`` as a plain list
-reducer would. ``scores``, ``outcomes`` and ``history`` are append-only logs on the same channel type.
+for forks and human edits, ``edit_critique`` / ``edit_revision``) into a ``DeltaChannel``, which stores each event
+once in the checkpoint writes and rebuilds the list by replaying them. Storage therefore grows with the text
+written, not with ``iterations x text`` as a plain list reducer would. ``scores``, ``outcomes`` and ``history``
+are append-only logs on the same channel type.
 
 The phase of a slot is read from its array lengths, never stored.
 """

@@ -74,10 +74,12 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
         mask_error_details=True,
     )
     from redraft.server.resources import register_resources
+    from redraft.server.timetravel import register_timetravel
     from redraft.server.tools import register_tools
 
     register_tools(mcp, state)
     register_resources(mcp, state)
+    register_timetravel(mcp, state)
     return mcp
 
 

@@ -85,3 +85,35 @@ class CompanionInfo(BaseModel):
 
 class CompanionList(BaseModel):
     companions: list[CompanionInfo]
+
+
+class CheckpointEntry(BaseModel):
+    checkpoint_id: str
+    parent_id: str | None
+    step: int | None
+    source: str | None
+    node: str | None = Field(description="the node whose step produced this checkpoint (input/draft/critique/revise)")
+    phase: str | None
+    slot: int | None
+    critiques: int | None
+    revisions: int | None
+    similarity: float | None
+    stop_reason: str | None
+    edited: bool = Field(description="written by a fork edit rather than by a node")
+    created_at: str | None
+    branch: str | None = Field(description="id of the newest checkpoint on this checkpoint's branch")
+    on_head_branch: bool
+
+
+class HistoryPage(BaseModel):
+    thread_id: str
+    checkpoints: list[CheckpointEntry] = Field(description="newest first")
+    next_before: str | None = Field(description="pass as `before` for the next page; null on the last page")
+    head: str | None
+
+
+class DiffResult(BaseModel):
+    from_version: int
+    to_version: int
+    similarity: float
+    diff: str = Field(description="unified diff, one word per line")

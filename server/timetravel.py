@@ -1,0 +1,94 @@
+"""MCP tools and resource for time travel: history, state_at, fork, replay, diff."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastmcp import Context, FastMCP
+from fastmcp.exceptions import ResourceError
+from fastmcp.server.sessions import SessionId
+from pydantic import Field
+from redraft.graph import timetravel as tt
+from redraft.server.middleware import guard
+from redraft.server.models import DiffResult, HistoryPage, ThreadView
+from redraft.server.resources import BASE
+from redraft.server.tools import CompanionName, view
+
+CheckpointId = Annotated[str, Field(min_length=1, max_length=64, description="A checkpoint id from `history`.")]
+
+
+def register_timetravel(mcp: FastMCP, app) -> None:
+    @mcp.tool(annotations={"readOnlyHint": True})
+    @guard()
+    async def history(
+        session_id: SessionId,
+        companion: CompanionName = "generic",
+        limit: Annotated[int, Field(ge=1, le=tt.MAX_PAGE)] = 20,
+        before: Annotated[str | None, Field(max_length=64, description="`next_before` of the previous page")] = None,
+    ) -> HistoryPage:
+        """The thread's checkpoints, newest first: node, phase, lengths, similarity, branch."""
+        thread = await app.thread(session_id, companion)
+        return HistoryPage(**await tt.history(app.runner, thread, limit, before))
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    @guard()
+    async def state_at(
+        session_id: SessionId, checkpoint_id: CheckpointId, companion: CompanionName = "generic"
+    ) -> ThreadView:
+        """The thread as it was at a past checkpoint."""
+        thread = await app.thread(session_id, companion)
+        return view(session_id, companion, await tt.state_at(app.runner, thread, checkpoint_id))
+
+    @mcp.tool
+    @guard()
+    async def fork(
+        session_id: SessionId,
+        checkpoint_id: CheckpointId,
+        companion: CompanionName = "generic",
+        critique: Annotated[str | None, Field(description="Replace the pending critique at that checkpoint.")] = None,
+        revision: Annotated[str | None, Field(description="Replace the latest revision at that checkpoint.")] = None,
+    ) -> ThreadView:
+        """Branch from a past checkpoint with an edited critique or revision. The original branch stays readable
+        (state_at); the thread continues from the fork with refine or resume."""
+        thread = await app.thread(session_id, companion)
+        return view(session_id, companion, await tt.fork(app.runner, thread, checkpoint_id, critique, revision))
+
+    @mcp.tool
+    @guard()
+    async def replay(
+        ctx: Context, session_id: SessionId, checkpoint_id: CheckpointId, companion: CompanionName = "generic"
+    ) -> ThreadView:
+        """Re-run the thread from a past checkpoint (new model calls, on a new branch)."""
+        thread = await app.thread(session_id, companion)
+        done = 0
+
+        async def on_step(event: dict) -> None:
+            nonlocal done
+            done += 1
+            await ctx.report_progress(done, None, f"{event['node']} finished")
+
+        return view(session_id, companion, await tt.replay(app.runner, thread, checkpoint_id, on_step))
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    @guard()
+    async def diff(
+        session_id: SessionId,
+        from_version: Annotated[int, Field(ge=0, description="0 = the draft, k = revision k")],
+        to_version: Annotated[int, Field(ge=0)],
+        companion: CompanionName = "generic",
+        checkpoint_id: Annotated[str | None, Field(max_length=64)] = None,
+    ) -> DiffResult:
+        """Word diff and similarity of two versions of the current query (optionally as of a checkpoint)."""
+        thread = await app.thread(session_id, companion)
+        result = await tt.diff(app.runner, thread, from_version, to_version, checkpoint_id)
+        return DiffResult(
+            from_version=result["from"], to_version=result["to"], similarity=result["similarity"], diff=result["diff"]
+        )
+
+    @mcp.resource(f"{BASE}/history", mime_type="application/json")
+    @guard(ResourceError)
+    async def history_resource(session_id: str, companion: str) -> str:
+        """The newest page of the thread's checkpoint history."""
+        thread = await app.thread(session_id, companion)
+        return json.dumps(await tt.history(app.runner, thread))
