@@ -236,10 +236,24 @@ async def diff(runner: Runner, thread_id: str, a: int, b: int, checkpoint_id: st
     for v in (a, b):
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(vs):
             raise InvalidInputError(f"Version {v!r} does not exist: this query has versions 0..{len(vs) - 1}.")
-    lines = difflib.unified_diff(
-        vs[a].split(), vs[b].split(), fromfile=f"version {a}", tofile=f"version {b}", lineterm="", n=3
-    )
-    return {"from": a, "to": b, "similarity": similarity(vs[a], vs[b]), "diff": "\n".join(lines)}
+    return {"from": a, "to": b, "similarity": similarity(vs[a], vs[b]), "diff": word_diff(vs[a], vs[b], a, b)}
+
+
+def word_diff(old: str, new: str, a: int, b: int, context: int = 3) -> str:
+    """Unified diff, one word per line. ``autojunk`` is off: with it, difflib treats every frequent word (like
+    "the") of a text over 200 words as junk and reports near-total rewrites for small edits."""
+    x, y = old.split(), new.split()
+    out = [f"--- version {a}", f"+++ version {b}"]
+    for group in difflib.SequenceMatcher(None, x, y, autojunk=False).get_grouped_opcodes(context):
+        i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
+        out.append(f"@@ -{i1 + 1},{i2 - i1} +{j1 + 1},{j2 - j1} @@")
+        for tag, p1, p2, q1, q2 in group:
+            if tag == "equal":
+                out.extend(" " + w for w in x[p1:p2])
+                continue
+            out.extend("-" + w for w in x[p1:p2])
+            out.extend("+" + w for w in y[q1:q2])
+    return "\n".join(out)
 
 
 __all__ = ["describe", "diff", "fork", "history", "replay", "state_at"]
