@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from redraft.errors import CheckpointNotFoundError, ConflictError, InvalidInputError, PhaseError
 from redraft.graph import timetravel as tt
 from redraft.graph.state import phase_of
+
+from redraft.errors import CheckpointNotFoundError, ConflictError, InvalidInputError, PhaseError
 from tests.conftest import new_thread
 
 
@@ -43,7 +43,7 @@ async def test_history_matches_the_state_at_every_checkpoint(runner, stub):
         if before is None:
             break
     assert [len(p) for p in pages] == [4, 4, 1]
-    assert sum(pages, []) == [e["checkpoint_id"] for e in entries]
+    assert [cid for p in pages for cid in p] == [e["checkpoint_id"] for e in entries]
 
 
 async def test_fork_with_edited_critique_keeps_the_original_branch(runner, stub):
