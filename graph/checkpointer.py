@@ -120,19 +120,23 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
 
     if path != ":memory:":
         path = await asyncio.to_thread(_prepare_file, path)
-    conn = await aiosqlite.connect(path, timeout=30)
-    try:
-        await conn.execute("PRAGMA busy_timeout=30000")
+    # redraft's own tables get their own connection: sharing the saver's would let our commits interleave with (and
+    # commit half of) the saver's multi-statement writes. WAL mode lets the two connections work side by side.
+    async with contextlib.AsyncExitStack() as stack:
+        own = await aiosqlite.connect(path, timeout=30)
+        stack.push_async_callback(own.close)
+        await own.execute("PRAGMA busy_timeout=30000")
         if kind == "memory":
             saver: BaseCheckpointSaver = type("RedraftMemorySaver", (CompactVersions, InMemorySaver), {})(serde=serde)
         else:
+            conn = await aiosqlite.connect(path, timeout=30)
+            stack.push_async_callback(conn.close)
+            await conn.execute("PRAGMA busy_timeout=30000")
             saver = type("RedraftSqliteSaver", (CompactVersions, AsyncSqliteSaver), {})(conn, serde=serde)
             await saver.setup()
-        db = SqliteDatabase(conn)
+        db = SqliteDatabase(own)
         await db.setup()
         yield Persistence(saver=saver, db=db, kind=kind)
-    finally:
-        await conn.close()
 
 
 def _prepare_file(path: str) -> str:

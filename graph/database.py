@@ -101,6 +101,11 @@ class Database:
                 )
 
 
+def _pg(sql: str) -> str:
+    """``?`` placeholders to psycopg's ``%s``; a literal ``%`` (as in LIKE patterns) must be doubled first."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
 class PostgresDatabase(Database):
     kind = "postgres"
 
@@ -109,12 +114,12 @@ class PostgresDatabase(Database):
 
     async def execute(self, sql: str, params: tuple = ()) -> int:
         async with self.pool.connection() as conn:
-            cur = await conn.execute(sql.replace("?", "%s"), params)
+            cur = await conn.execute(_pg(sql), params)
             return cur.rowcount
 
     async def fetchall(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
-            cur = await conn.execute(sql.replace("?", "%s"), params)
+            cur = await conn.execute(_pg(sql), params)
             return list(await cur.fetchall())
 
 

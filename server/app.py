@@ -18,7 +18,9 @@ from redraft.graph.companions import get_companion
 from redraft.graph.runner import Runner, thread_id_for
 from redraft.nodes.model import ModelProvider
 from redraft.server.auth import build_auth
+from redraft.server.middleware import LearningMiddleware, SessionActivityMiddleware
 from redraft.server.sessions import SessionStore, principal_key
+from redraft.server.stats import StatsStore
 
 from redraft import __version__
 from redraft.settings import Settings, get_settings
@@ -38,6 +40,7 @@ class AppState:
     models: ModelProvider
     runner: Runner | None = None
     sessions: SessionStore | None = None
+    stats: StatsStore | None = None
 
     async def thread(self, session_id: str, companion: str) -> str:
         """Validate the companion and the caller's session (recording the access); return the thread id."""
@@ -57,6 +60,7 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
             state.sessions = SessionStore(
                 persistence.db, persistence.saver, settings.session_ttl_seconds, settings.max_sessions
             )
+            state.stats = StatsStore(persistence.db)
             sweeper = asyncio.create_task(_sweep_forever(state))
             try:
                 yield {"redraft": state}
@@ -72,6 +76,7 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
         auth=build_auth(settings),
         lifespan=backend,
         mask_error_details=True,
+        middleware=[SessionActivityMiddleware(state), LearningMiddleware(state)],
     )
     from redraft.server.resources import register_resources
     from redraft.server.timetravel import register_timetravel

@@ -6,6 +6,7 @@ import json
 
 from fastmcp import FastMCP
 from fastmcp.exceptions import ResourceError
+from redraft.graph.companions import get_companion
 from redraft.graph.convergence import analyse
 from redraft.graph.state import versions
 from redraft.server.middleware import guard
@@ -57,6 +58,14 @@ def register_resources(mcp: FastMCP, app) -> None:
         report = analyse(vs, status["run_config"]["similarity_threshold"])
         report.update(stop_reason=status["stop_reason"], max_loops=status["run_config"]["max_loops"])
         return json.dumps(report)
+
+    @mcp.resource("redraft://stats/{companion}", mime_type="application/json")
+    @guard(ResourceError)
+    async def stats(companion: str) -> str:
+        """What redraft has learned about a companion type across all sessions and server processes: runs, stop
+        reasons, typical iterations, recommended threshold, estimated completion time, step times."""
+        get_companion(companion, app.settings.companions)
+        return json.dumps(await app.stats.summary(companion))
 
     @mcp.resource(f"{BASE}/run_log", mime_type="application/json")
     @guard(ResourceError)

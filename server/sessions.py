@@ -67,6 +67,14 @@ class SessionStore:
             raise SessionNotFoundError()
         return session_id
 
+    async def touch_quietly(self, principal: str, session_id: object) -> None:
+        """Record activity at the end of a call (a long refine must not leave its session looking idle)."""
+        if isinstance(session_id, str):
+            await self.db.execute(
+                "UPDATE redraft_sessions SET last_accessed = ? WHERE session_id = ? AND principal = ?",
+                (time.time(), session_id, principal),
+            )
+
     async def end(self, principal: str, session_id: str) -> dict:
         session_id = _valid_id(session_id)
         row = await self.db.fetchone(
@@ -94,14 +102,24 @@ class SessionStore:
 
     async def sweep(self) -> int:
         """Delete every session idle past the TTL, with its threads and checkpoints. Safe to run from any process."""
-        cutoff = time.time() - self.ttl
-        expired = await self.db.fetchall("SELECT session_id FROM redraft_sessions WHERE last_accessed < ?", (cutoff,))
+        now = time.time()
+        cutoff = now - self.ttl
+        # a session with a step running (a live lease on one of its threads) is busy, not idle
+        expired = await self.db.fetchall(
+            "SELECT s.session_id FROM redraft_sessions s WHERE s.last_accessed < ? AND NOT EXISTS ("
+            "SELECT 1 FROM redraft_leases l WHERE l.thread_id LIKE s.session_id || ':%' AND l.expires_at > ?)",
+            (cutoff, now),
+        )
+        swept = 0
         for row in expired:
-            await self._delete_threads(row["session_id"])
-            await self.db.execute(
+            # the row goes first, and only if still idle: a call racing the sweep either renews it or finds it gone
+            gone = await self.db.execute(
                 "DELETE FROM redraft_sessions WHERE session_id = ? AND last_accessed < ?", (row["session_id"], cutoff)
             )
-        return len(expired)
+            if gone == 1:
+                await self._delete_threads(row["session_id"])
+                swept += 1
+        return swept
 
     async def _delete_threads(self, session_id: str) -> int:
         deleted = 0

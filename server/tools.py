@@ -33,9 +33,12 @@ MaxLoops = Annotated[int | None, Field(ge=1, le=1000, description="At most this 
 OptText = Annotated[str | None, Field(description="Supply the text yourself instead of asking the model.")]
 
 
-def view(session_id: str, companion: str, data: dict) -> ThreadView:
+def view(session_id: str, companion: str, data: dict, stats: dict | None = None) -> ThreadView:
     data = {k: v for k, v in data.items() if k != "thread_id"}
-    return ThreadView(session_id=session_id, companion=companion, **data)
+    result = ThreadView(session_id=session_id, companion=companion, **data)
+    if stats is not None:
+        result.suggestions = {"runs": stats["runs"], **(stats["suggestions"] or {"note": stats.get("note")})}
+    return result
 
 
 def _options(similarity_threshold, max_loops, sampling: Sampling | None) -> dict:
@@ -140,14 +143,9 @@ def register_tools(mcp: FastMCP, app) -> None:
             done += 1
             await ctx.report_progress(min(done, total), total, f"{event['node']} finished")
 
-        result = await app.runner.refine(
-            thread,
-            companion,
-            query,
-            on_step=on_step,
-            **(_options(similarity_threshold, max_loops, sampling) if query is not None else {}),
-        )
-        return view(session_id, companion, result)
+        options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
+        result = await app.runner.refine(thread, companion, query, on_step=on_step, **options)
+        return view(session_id, companion, result, await app.stats.summary(companion))
 
     @mcp.tool
     @guard()
@@ -175,7 +173,7 @@ def register_tools(mcp: FastMCP, app) -> None:
     async def status(session_id: SessionId, companion: CompanionName = "generic") -> ThreadView:
         """The thread's phase, current slot, similarities, stop reason and final text."""
         thread = await app.thread(session_id, companion)
-        return view(session_id, companion, await app.runner.status(thread))
+        return view(session_id, companion, await app.runner.status(thread), await app.stats.summary(companion))
 
 
 __all__ = ["register_tools", "thread_id_for", "view"]

@@ -2,14 +2,15 @@
 
 PostgreSQL: ``REDRAFT_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``) if it answers;
 otherwise pytest-postgresql starts a throwaway server from ``pg_ctl``. With ``CI=true`` a missing PostgreSQL is a
-test *failure*, never a skip. Each test session works in its own freshly created database.
+test *failure*, never a skip. Each test works in its own freshly created database.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
@@ -45,16 +46,11 @@ def pg_admin_url(request) -> str:
         pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def pg_url(pg_admin_url) -> str:
-    """A fresh database for this test session, dropped at the end."""
-    name = f"redraft_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@pytest.fixture
+def pg_url(pg_admin_url) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped at the end."""
+    with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -70,11 +66,26 @@ def _reset_stub(request):
         request.getfixturevalue("stub").reset()
 
 
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    name = f"redraft_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path) -> str:
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, empty database per test: a SQLite file, or a new PostgreSQL database."""
     if request.param == "sqlite":
-        return str(tmp_path / "redraft.sqlite")
-    return request.getfixturevalue("pg_url")
+        yield str(tmp_path / "redraft.sqlite")
+        return
+    with fresh_database(request.getfixturevalue("pg_admin_url")) as url:
+        yield url
 
 
 def make_settings(db_url: str, stub: StubLLM, **extra):

@@ -1,0 +1,81 @@
+"""Session lifecycle (TTL, sweeps, listing) and the learning middleware's durable stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import psycopg
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+from redraft.graph.runner import thread_id_for
+from redraft.server.app import create_server
+
+from tests.conftest import make_settings
+
+
+def count_rows(db_url: str, sql: str, params: tuple) -> int:
+    if db_url.startswith("postgresql"):
+        with psycopg.connect(db_url) as conn:
+            return conn.execute(sql.replace("?", "%s"), params).fetchone()[0]
+    with sqlite3.connect(db_url) as conn:
+        return conn.execute(sql, params).fetchone()[0]
+
+
+async def test_idle_sessions_expire_and_the_sweep_deletes_their_checkpoints(db_url, stub):
+    server = create_server(make_settings(db_url, stub, session_ttl_seconds=1.0, sweep_interval_seconds=0.3))
+    async with Client(server) as client:
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        await client.call_tool("refine", {"session_id": sid, "query": "Short-lived."})
+        thread = thread_id_for(sid, "generic")
+        assert count_rows(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) > 0
+        await asyncio.sleep(0.7)
+        await client.call_tool("status", {"session_id": sid})  # an access renews the TTL
+        await asyncio.sleep(0.7)
+        listed = (await client.call_tool("list_sessions", {})).structured_content["sessions"]
+        assert [s["session_id"] for s in listed] == [sid]
+        await asyncio.sleep(1.5)  # idle past the TTL: the periodic sweep removes everything
+        with pytest.raises(ToolError, match="invalid_session"):
+            await client.call_tool("status", {"session_id": sid})
+        assert count_rows(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) == 0
+        assert count_rows(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (sid,)) == 0
+
+
+async def test_opportunistic_sweep_past_max_sessions(db_url, stub):
+    settings = make_settings(db_url, stub, session_ttl_seconds=0.5, sweep_interval_seconds=3600, max_sessions=2)
+    async with Client(create_server(settings)) as client:
+        old = [(await client.call_tool("create_session", {})).structured_content["session_id"] for _ in range(2)]
+        await asyncio.sleep(0.7)
+        new = (await client.call_tool("create_session", {})).structured_content["session_id"]
+    for sid in old:
+        assert count_rows(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (sid,)) == 0
+    assert count_rows(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (new,)) == 1
+
+
+async def test_learning_stats_are_durable_and_honest(db_url, stub):
+    stub.configure(changes=[12, 8, 4, 0])  # similarities 0.96, 0.973: `code` (threshold 0.97) converges at 2
+    settings = make_settings(db_url, stub)
+    async with Client(create_server(settings)) as client:
+        empty = json.loads((await client.read_resource("redraft://stats/code"))[0].text)
+        assert empty["runs"] == 0 and empty["suggestions"] is None and "Not enough data" in empty["note"]
+        for i in range(3):
+            sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+            r = await client.call_tool("refine", {"session_id": sid, "query": f"Q{i}", "companion": "code"})
+            runs_before = r.structured_content["suggestions"]["runs"]
+            assert runs_before == i  # the result carries what was known before this run
+        with pytest.raises(Exception, match="unknown_companion"):
+            await client.read_resource("redraft://stats/poet")
+    # a new server process on the same database sees the same numbers
+    async with Client(create_server(settings)) as client:
+        stats = json.loads((await client.read_resource("redraft://stats/code"))[0].text)
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        status = await client.call_tool("status", {"session_id": sid, "companion": "code"})
+    assert stats["runs"] == 3 and stats["stop_reasons"] == {"converged": 3}
+    sug = stats["suggestions"]
+    assert sug["typical_iterations"] == 2
+    assert sug["recommended_threshold"] == pytest.approx(0.9733, abs=1e-4)
+    assert sug["estimated_completion_s"] > 0
+    assert stats["transition_seconds"]["refine->done"]["count"] == 3
+    assert status.structured_content["suggestions"]["typical_iterations"] == 2
