@@ -85,10 +85,17 @@ async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
 
 @contextlib.asynccontextmanager
 async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[Persistence]:
+    import psycopg
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
+    try:  # one direct attempt first: fail fast and quietly instead of letting the pool retry in the background
+        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=min(10, int(settings.request_timeout)))
+        await probe.close()
+    except psycopg.Error as exc:
+        reason = str(exc).splitlines()[0].split(": ")[-1].strip() if str(exc) else type(exc).__name__
+        raise ConfigError(f"Cannot connect to PostgreSQL ({reason}). Check REDRAFT_DATABASE_URL.") from None
     pool = AsyncConnectionPool(
         url,
         min_size=settings.pool_min_size,
