@@ -133,6 +133,9 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
         own = await aiosqlite.connect(path, timeout=30)
         stack.push_async_callback(own.close)
         await own.execute("PRAGMA busy_timeout=30000")
+        # sessions, stats and leases: WAL + NORMAL survives a process crash; the checkpoints keep full sync
+        await own.execute("PRAGMA journal_mode=WAL")
+        await own.execute("PRAGMA synchronous=NORMAL")
         if kind == "memory":
             saver: BaseCheckpointSaver = type("RedraftMemorySaver", (CompactVersions, InMemorySaver), {})(serde=serde)
         else:

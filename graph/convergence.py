@@ -66,14 +66,17 @@ def best_version(scores: list[float], n_versions: int, stop_reason: str) -> int:
 
 
 def analyse(versions: list[str], threshold: float) -> dict:
-    """Real similarities between consecutive versions, for the convergence resource and CLI."""
-    pairs = [
-        {"from": i, "to": i + 1, "similarity": round(similarity(versions[i], versions[i + 1]), 6)}
-        for i in range(len(versions) - 1)
-    ]
+    """Similarities between consecutive versions, computed from the texts (the convergence resource)."""
+    scores = [similarity(versions[i], versions[i + 1]) for i in range(len(versions) - 1)]
+    return report(scores, len(versions), threshold)
+
+
+def report(scores: list[float], n_versions: int, threshold: float) -> dict:
+    """The convergence report for a slot whose consecutive-version similarities are ``scores``."""
+    pairs = [{"from": i, "to": i + 1, "similarity": round(s, 6)} for i, s in enumerate(scores)]
     last = pairs[-1]["similarity"] if pairs else None
     return {
-        "versions": len(versions),
+        "versions": n_versions,
         "threshold": threshold,
         "similarities": pairs,
         "latest_similarity": last,

@@ -16,7 +16,7 @@ from langgraph.types import Command, StateSnapshot
 from redraft.graph.builder import build_graph
 from redraft.graph.checkpointer import Persistence
 from redraft.graph.companions import Companion, get_companion
-from redraft.graph.convergence import analyse
+from redraft.graph.convergence import report
 from redraft.graph.database import storage_error
 from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_for, versions
 from redraft.nodes.context import RedraftContext
@@ -145,12 +145,12 @@ class Runner:
                 raise ModelError(f"The model endpoint failed ({type(exc).__name__}).") from None
             raise
 
-    async def _advance(self, thread_id: str, gate_name: str, decision: dict, on_step: StepCallback | None) -> None:
+    async def _advance(self, thread_id: str, gate_name: str, decision: dict, snap: StateSnapshot) -> None:
         """Run exactly the gated node ``gate_name`` with ``decision``; stop at the next gate."""
-        for _ in range(2):
-            gate = pending_gate(await self.snapshot(thread_id))
+        for attempt in range(2):
+            gate = pending_gate(snap if attempt == 0 else await self.snapshot(thread_id))
             if gate is not None and gate["gate"] == gate_name:
-                await self._run(thread_id, Command(resume=decision), stepwise=True, on_step=on_step)
+                await self._run(thread_id, Command(resume=decision), stepwise=True)
                 return
             if gate is not None:
                 raise PhaseError(f"The thread is waiting for a {gate['gate']} decision, not {gate_name}.")
@@ -177,8 +177,9 @@ class Runner:
         if text is not None:
             decision = {"action": "replace", "text": self.check_text(text, "critique", self.settings.max_text_chars)}
         async with self.persistence.db.thread_lock(thread_id):
-            self._require_phase((await self.snapshot(thread_id)).values, "ready_to_critique", "critique")
-            await self._advance(thread_id, "critique", decision, None)
+            snap = await self.snapshot(thread_id)
+            self._require_phase(snap.values, "ready_to_critique", "critique")
+            await self._advance(thread_id, "critique", decision, snap)
         return await self.status(thread_id)
 
     async def revise(self, thread_id: str, text: str | None = None, critique: str | None = None) -> dict:
@@ -193,8 +194,9 @@ class Runner:
                 raise InvalidInputError("Pass either a revision text or an edited critique, not both.")
             decision = {"action": "replace", "text": self.check_text(text, "revision", self.settings.max_text_chars)}
         async with self.persistence.db.thread_lock(thread_id):
-            self._require_phase((await self.snapshot(thread_id)).values, "needs_revision", "revise")
-            await self._advance(thread_id, "revise", decision, None)
+            snap = await self.snapshot(thread_id)
+            self._require_phase(snap.values, "needs_revision", "revise")
+            await self._advance(thread_id, "revise", decision, snap)
         return await self.status(thread_id)
 
     @staticmethod
@@ -279,6 +281,7 @@ def describe(thread_id: str, snap: StateSnapshot) -> dict:
     slot = run_log[index] if run_log else None
     outcome = outcome_for(state, index) if slot else None
     vs = versions(slot) if slot else []
+    scores = scores_for(state, index) if slot else []
     run_config = state.get("run_config") or {}
     return {
         "thread_id": thread_id,
@@ -287,8 +290,9 @@ def describe(thread_id: str, snap: StateSnapshot) -> dict:
         "slot_index": index if slot else None,
         "slots": len(run_log),
         "slot": slot,
-        "similarities": scores_for(state, index) if slot else [],
-        "convergence": analyse(vs, run_config.get("similarity_threshold", 1.0)) if vs else None,
+        "similarities": scores,
+        # the scores stored when each revision was made (same function as the convergence resource recomputes)
+        "convergence": report(scores, len(vs), run_config.get("similarity_threshold", 1.0)) if vs else None,
         "stop_reason": outcome["stop_reason"] if outcome else None,
         "best_version": outcome["best"] if outcome else None,
         "final_text": vs[outcome["best"]] if outcome else None,

@@ -48,15 +48,18 @@ def guard(kind: type[FastMCPError] = ToolError) -> Callable[[Callable[P, Awaitab
 
 
 class SessionActivityMiddleware(Middleware):
-    """Stamps ``last_accessed`` again when a call on a session finishes, so TTLs count idle time, not call time."""
+    """Stamps ``last_accessed`` again when a long call on a session finishes (every call stamps it when it starts),
+    so TTLs count idle time, not call time."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def on_call_tool(self, context: MiddlewareContext, call_next):
+        started = time.monotonic()
         result = await call_next(context)
         session_id = (context.message.arguments or {}).get("session_id")
-        if session_id is not None and context.message.name != "end_session" and self.app.sessions is not None:
+        long_call = time.monotonic() - started > min(5.0, self.app.settings.session_ttl_seconds / 10)
+        if long_call and session_id is not None and context.message.name != "end_session" and self.app.sessions:
             try:
                 await self.app.sessions.touch_quietly(principal_key(), session_id)
             except Exception:
@@ -88,9 +91,7 @@ class LearningMiddleware(Middleware):
             return result
         elapsed = time.monotonic() - started
         try:
-            await self.app.stats.record(
-                companion, "transition", duration_s=elapsed, detail={"transition": f"{name}->{data['phase']}"}
-            )
+            await self.app.stats.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}")
             if data["phase"] == "done" and data.get("stop_reason"):
                 full_run = name == "refine" and (context.message.arguments or {}).get("query") is not None
                 await self.app.stats.record(

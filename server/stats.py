@@ -4,7 +4,6 @@ instead of inventing numbers."""
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import uuid
@@ -28,7 +27,7 @@ class StatsStore:
         final_similarity: float | None = None,
         stop_reason: str | None = None,
         duration_s: float | None = None,
-        detail: dict | None = None,
+        detail: str | None = None,
     ) -> None:
         await self.db.execute(
             "INSERT INTO redraft_stats (id, companion, kind, created_at, iterations, final_similarity, stop_reason,"
@@ -42,33 +41,36 @@ class StatsStore:
                 final_similarity,
                 stop_reason,
                 duration_s,
-                json.dumps(detail) if detail else None,
+                detail,
             ),
         )
 
-    async def summary(self, companion: str) -> dict:
+    async def summary(self, companion: str, transitions: bool = True) -> dict:
+        """Runs, stop reasons and suggestions; with ``transitions``, also per-transition step times."""
         runs = await self.db.fetchall(
             "SELECT iterations, final_similarity, stop_reason, duration_s FROM redraft_stats "
             "WHERE companion = ? AND kind = 'run' ORDER BY created_at DESC LIMIT ?",
             (companion, WINDOW),
         )
-        steps = await self.db.fetchall(
-            "SELECT detail, duration_s FROM redraft_stats WHERE companion = ? AND kind = 'transition' "
-            "ORDER BY created_at DESC LIMIT ?",
-            (companion, WINDOW),
-        )
+        steps = []
+        if transitions:
+            steps = await self.db.fetchall(
+                "SELECT detail, duration_s FROM redraft_stats WHERE companion = ? AND kind = 'transition' "
+                "ORDER BY created_at DESC LIMIT ?",
+                (companion, WINDOW),
+            )
         out: dict = {"companion": companion, "runs": len(runs)}
         stop_reasons: dict[str, int] = {}
         for r in runs:
             stop_reasons[r["stop_reason"]] = stop_reasons.get(r["stop_reason"], 0) + 1
         out["stop_reasons"] = stop_reasons
-        transitions: dict[str, list[float]] = {}
-        for s in steps:
-            label = json.loads(s["detail"])["transition"]
-            transitions.setdefault(label, []).append(s["duration_s"])
-        out["transition_seconds"] = {
-            k: {"count": len(v), "median": statistics.median(v)} for k, v in transitions.items()
-        }
+        if transitions:
+            by_label: dict[str, list[float]] = {}
+            for s in steps:
+                by_label.setdefault(s["detail"], []).append(s["duration_s"])
+            out["transition_seconds"] = {
+                k: {"count": len(v), "median": statistics.median(v)} for k, v in by_label.items()
+            }
         if len(runs) < MIN_RUNS:
             out["suggestions"] = None
             out["note"] = f"Not enough data yet: {len(runs)} finished run(s) recorded, suggestions need {MIN_RUNS}."

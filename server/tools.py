@@ -145,7 +145,7 @@ def register_tools(mcp: FastMCP, app) -> None:
 
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
         result = await app.runner.refine(thread, companion, query, on_step=on_step, **options)
-        return view(session_id, companion, result, await app.stats.summary(companion))
+        return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
 
     @mcp.tool
     @guard()
@@ -173,7 +173,12 @@ def register_tools(mcp: FastMCP, app) -> None:
     async def status(session_id: SessionId, companion: CompanionName = "generic") -> ThreadView:
         """The thread's phase, current slot, similarities, stop reason and final text."""
         thread = await app.thread(session_id, companion)
-        return view(session_id, companion, await app.runner.status(thread), await app.stats.summary(companion))
+        return view(
+            session_id,
+            companion,
+            await app.runner.status(thread),
+            await app.stats.summary(companion, transitions=False),
+        )
 
 
 __all__ = ["register_tools", "thread_id_for", "view"]

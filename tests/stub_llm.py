@@ -45,6 +45,33 @@ def words_for(seed: str, n: int) -> list[str]:
     return out[:n]
 
 
+def answer(cfg: dict[str, Any], node: str, messages: list[dict]) -> str:
+    """The deterministic reply for a node's prompt (shared with the in-process fake model of bench/)."""
+    user = messages[-1]["content"]
+    if node == "draft":
+        return " ".join(words_for(user, cfg["draft_words"])).capitalize() + "."
+    if node == "critique":
+        match = re.search(r"Review round (\d+)", user)
+        rnd = int(match.group(1)) if match else 1
+        stop = cfg["critic_stop_round"]
+        if stop is not None and rnd >= stop:
+            return "NO FURTHER CHANGES"
+        return f"Round {rnd}: " + " ".join(words_for(f"critique{rnd}{user[:64]}", cfg["critique_words"])) + "."
+    # revise: alter changes(k) words of the current text
+    text = user.split("Current text:\n", 1)[1].split("\n\nCritique:\n", 1)[0]
+    critique = user.split("\n\nCritique:\n", 1)[1]
+    match = re.search(r"Round (\d+)", critique)
+    k = int(match.group(1)) if match else 1
+    schedule = cfg["changes"]
+    n = schedule[min(k, len(schedule)) - 1]
+    words = text.split()
+    for j in range(n):
+        pos = (j * 7919 + k * 104729) % len(words)
+        options = [w for w in VOCAB if w != words[pos] and len(w) == len(words[pos])] or VOCAB
+        words[pos] = options[(j + k) % len(options)]  # same length: the text neither grows nor shrinks
+    return " ".join(words)
+
+
 DEFAULTS: dict[str, Any] = {
     "draft_words": 300,
     "critic_stop_round": None,  # round at which the critic answers NO FURTHER CHANGES
@@ -141,30 +168,7 @@ class StubLLM:
     # --- answering ------------------------------------------------------------------------------------------------
 
     def answer(self, node: str, messages: list[dict]) -> str:
-        user = messages[-1]["content"]
-        cfg = self.config
-        if node == "draft":
-            return " ".join(words_for(user, cfg["draft_words"])).capitalize() + "."
-        if node == "critique":
-            match = re.search(r"Review round (\d+)", user)
-            rnd = int(match.group(1)) if match else 1
-            stop = cfg["critic_stop_round"]
-            if stop is not None and rnd >= stop:
-                return "NO FURTHER CHANGES"
-            return f"Round {rnd}: " + " ".join(words_for(f"critique{rnd}{user[:64]}", cfg["critique_words"])) + "."
-        # revise: alter changes(k) words of the current text
-        text = user.split("Current text:\n", 1)[1].split("\n\nCritique:\n", 1)[0]
-        critique = user.split("\n\nCritique:\n", 1)[1]
-        match = re.search(r"Round (\d+)", critique)
-        k = int(match.group(1)) if match else 1
-        schedule = cfg["changes"]
-        n = schedule[min(k, len(schedule)) - 1]
-        words = text.split()
-        for j in range(n):
-            pos = (j * 7919 + k * 104729) % len(words)
-            options = [w for w in VOCAB if w != words[pos] and len(w) == len(words[pos])] or VOCAB
-            words[pos] = options[(j + k) % len(options)]  # same length: the text neither grows nor shrinks
-        return " ".join(words)
+        return answer(self.config, node, messages)
 
     def handle(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
         messages = body.get("messages", [])
