@@ -76,6 +76,9 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
         auth=build_auth(settings),
         lifespan=backend,
         mask_error_details=True,
+        # FastMCP's default rewrites every tool schema's $refs on every tools/list -- and the 2026-07-28 transport
+        # lists tools on every call. Our schemas are valid JSON Schema with local $defs, which clients resolve.
+        dereference_schemas=False,
         middleware=[SessionActivityMiddleware(state), LearningMiddleware(state)],
     )
     from redraft.server.resources import register_resources
