@@ -75,6 +75,10 @@ class Runner:
             raise InvalidInputError(f"The {what} is {len(text)} characters; the limit is {limit}.")
         if "\x00" in text:
             raise InvalidInputError(f"The {what} contains a NUL character.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"The {what} is not valid Unicode (it contains a lone surrogate).") from None
         return text.strip()
 
     def open_input(
@@ -252,7 +256,8 @@ class Runner:
         """Continue a thread stopped by a crash, an error or a human gate (answering it with ``decision``)."""
         async with self.persistence.db.thread_lock(thread_id):
             snap = await self.snapshot(thread_id)
-            if not snap.next:
+            # `tasks` also covers a crash between a task's saved writes and the next checkpoint (then `next` is empty)
+            if not snap.next and not snap.tasks:
                 raise PhaseError("Nothing to resume: the thread is not stopped mid-run.")
             gate = pending_gate(snap)
             stepwise = (snap.values.get("run_config") or {}).get("mode") == "step"

@@ -106,12 +106,14 @@ def serve(
     database_url: DbOption = None,
 ) -> None:
     """Run the MCP server (stdio by default; --transport http for streamable HTTP at /mcp)."""
+    from redraft.server import redaction
     from redraft.server.app import create_server
 
     settings = settings_from(database_url)
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redaction.install(settings)
     mcp = create_server(settings)
     if transport == "stdio":
         execute(lambda: mcp.run_stdio_async(show_banner=False))

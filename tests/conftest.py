@@ -89,7 +89,9 @@ def db_url(request, tmp_path) -> Iterator[str]:
 
 
 def make_settings(db_url: str, stub: StubLLM, **extra):
-    return load_settings(database_url=db_url, base_url=stub.base_url, model="stub-model", max_retries=0, **extra)
+    return load_settings(
+        **{"database_url": db_url, "base_url": stub.base_url, "model": "stub-model", "max_retries": 0, **extra}
+    )
 
 
 @pytest.fixture

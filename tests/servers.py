@@ -29,8 +29,8 @@ def server_env(db_url: str, base_url: str, **extra: str) -> dict[str, str]:
         REDRAFT_MODEL="stub-model",
         REDRAFT_MAX_RETRIES="0",
         REDRAFT_LOG_LEVEL="WARNING",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -38,7 +38,8 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            detail = proc.stderr.read().decode()[-2000:] if proc.stderr else "(see its log file)"
+            raise RuntimeError(f"server exited with {proc.returncode}: {detail}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.1)
@@ -46,9 +47,10 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
 
 
 class HttpServer:
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, log: Path | None = None) -> None:
         self.env = env
         self.port = port or free_port()
+        self.log = log  # stderr goes here (appended) instead of a pipe
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -56,12 +58,15 @@ class HttpServer:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def start(self) -> HttpServer:
+        stderr = self.log.open("ab") if self.log else subprocess.PIPE
         self.proc = subprocess.Popen(
             [REDRAFT, "serve", "--transport", "http", "--port", str(self.port)],
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
         )
+        if self.log:
+            stderr.close()
         wait_for_port(self.port, self.proc)
         return self
 

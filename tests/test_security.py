@@ -1,0 +1,117 @@
+"""Secrets never leak (state, logs, errors, resources); principals cannot touch each other's sessions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+from redraft.server.redaction import install, redact, secrets_of
+
+from redraft.settings import load_settings
+from tests.servers import HttpServer, server_env
+
+API_KEY = "sk-test-SECRET-api-key-123"
+TOKENS = {"tok-SECRET-alice-0001": "alice", "tok-SECRET-bob-0002": "bob"}
+
+
+async def test_no_secret_in_state_logs_errors_or_resources(tmp_path, stub):
+    db = str(tmp_path / "sec.sqlite")
+    log_path = tmp_path / "server.log"
+    env = server_env(
+        db, stub.base_url, REDRAFT_API_KEY=API_KEY, REDRAFT_AUTH_TOKENS=json.dumps(TOKENS), REDRAFT_MAX_RETRIES="1"
+    )
+    env["REDRAFT_LOG_LEVEL"] = "DEBUG"
+    server = HttpServer(env, log=log_path).start()
+    seen: list[str] = []
+    try:
+        async with (
+            Client(server.url, auth="tok-SECRET-alice-0001") as alice,
+            Client(server.url, auth="tok-SECRET-bob-0002") as bob,
+        ):
+            sid = (await alice.call_tool("create_session", {})).structured_content["session_id"]
+            r = await alice.call_tool("refine", {"session_id": sid, "query": "Keep secrets."})
+            seen.append(json.dumps(r.structured_content))
+            for uri in ("latest_critique", "penultimate_revision", "convergence", "run_log", "history"):
+                seen.append((await alice.read_resource(f"redraft://sessions/{sid}/generic/{uri}"))[0].text)
+            seen.append((await alice.read_resource("redraft://stats/generic"))[0].text)
+            # errors: a model that rejects the key, a foreign session, a bad argument
+            stub.fail({"status": 401}, {"status": 401})
+            with pytest.raises(ToolError) as rejected:
+                await alice.call_tool("draft", {"session_id": sid, "query": "Another."})
+            seen.append(str(rejected.value))
+            with pytest.raises(ToolError) as foreign:
+                await bob.call_tool("status", {"session_id": sid})
+            seen.append(str(foreign.value))
+            with pytest.raises(ToolError) as bad:
+                await alice.call_tool("draft", {"session_id": sid, "query": "q", "sampling": {"api_key": "x"}})
+            seen.append(str(bad.value))
+    finally:
+        server.stop()
+    assert "model_error" in seen[-3] and "invalid_session" in seen[-2]
+    secrets = [API_KEY, *TOKENS]
+    logs = log_path.read_text(errors="replace")
+    assert "DEBUG" in logs  # the check below read a verbose log
+    with sqlite3.connect(db) as conn:
+        dump = "\n".join(conn.iterdump())
+    dump += "".join(str(row) for row in sqlite3.connect(db).execute("SELECT checkpoint, metadata FROM checkpoints"))
+    for secret in secrets:
+        assert secret not in logs, f"{secret} in server log"
+        assert secret not in dump, f"{secret} in the database"
+        for text in seen:
+            assert secret not in text
+
+
+async def test_principals_cannot_touch_each_others_threads(tmp_path, stub):
+    env = server_env(str(tmp_path / "iso.sqlite"), stub.base_url, REDRAFT_AUTH_TOKENS=json.dumps(TOKENS))
+    server = HttpServer(env).start()
+    try:
+        async with (
+            Client(server.url, auth="tok-SECRET-alice-0001") as alice,
+            Client(server.url, auth="tok-SECRET-bob-0002") as bob,
+        ):
+            sid = (await alice.call_tool("create_session", {})).structured_content["session_id"]
+            await alice.call_tool("refine", {"session_id": sid, "query": "Alice only.", "max_loops": 2})
+            page = (await alice.call_tool("history", {"session_id": sid})).structured_content
+            cp = next(e for e in page["checkpoints"] if e["node"] == "critique")["checkpoint_id"]
+            for tool, args in [
+                ("history", {"session_id": sid}),
+                ("state_at", {"session_id": sid, "checkpoint_id": cp}),
+                ("fork", {"session_id": sid, "checkpoint_id": cp, "critique": "Bob was here."}),
+                ("replay", {"session_id": sid, "checkpoint_id": cp}),
+                ("diff", {"session_id": sid, "from_version": 0, "to_version": 1}),
+                ("resume", {"session_id": sid}),
+                ("end_session", {"session_id": sid}),
+            ]:
+                with pytest.raises(ToolError, match=r"^invalid_session: Invalid or unknown session\.$"):
+                    await bob.call_tool(tool, args)
+            with pytest.raises(Exception, match="invalid_session"):
+                await bob.read_resource(f"redraft://sessions/{sid}/generic/history")
+            after = (await alice.call_tool("history", {"session_id": sid})).structured_content
+            assert after["checkpoints"] == page["checkpoints"]  # nothing Bob did left a trace
+    finally:
+        server.stop()
+
+
+def test_redaction_filter_masks_every_configured_secret(caplog):
+    import logging
+
+    settings = load_settings(
+        api_key=API_KEY, auth_tokens=TOKENS, database_url="postgresql://u:db-SECRET-pw@127.0.0.1/x"
+    )
+    assert set(secrets_of(settings)) == {API_KEY, *TOKENS, "db-SECRET-pw"}
+    assert redact(f"key={API_KEY} url=postgresql://u:db-SECRET-pw@h", secrets_of(settings)).count("****") == 2
+    previous = logging.getLogRecordFactory()
+    try:
+        install(settings)
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("some.library").info("calling with %s and %s", API_KEY, "tok-SECRET-bob-0002")
+            try:
+                raise RuntimeError("connect failed: postgresql://u:db-SECRET-pw@host")
+            except RuntimeError:
+                logging.getLogger("other").exception("boom")
+        assert "SECRET" not in caplog.text and caplog.text.count("****") >= 3
+    finally:
+        logging.setLogRecordFactory(previous)
