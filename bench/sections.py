@@ -8,6 +8,7 @@ import statistics
 import time
 import uuid
 
+import uvicorn
 from redraft.graph import timetravel as tt
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
@@ -77,9 +78,8 @@ async def mcp_round_trip(sqlite_path: str, n: int = 60) -> dict:
     provider = FakeProvider(settings, changes=[30])
     mcp = create_server(settings, provider)
     port = free_port()
-    server = asyncio.create_task(
-        mcp.run_http_async(show_banner=False, host="127.0.0.1", port=port, log_level="warning")
-    )
+    uv = uvicorn.Server(uvicorn.Config(mcp.http_app(path="/mcp"), host="127.0.0.1", port=port, log_level="warning"))
+    server = asyncio.create_task(uv.serve())
     try:
         for _ in range(100):
             await asyncio.sleep(0.05)
@@ -113,11 +113,8 @@ async def mcp_round_trip(sqlite_path: str, n: int = 60) -> dict:
                     await client.call_tool(tool, {"session_id": sid})
                     timings["step mcp"].append(time.perf_counter() - t0)
     finally:
-        server.cancel()
-        try:
-            await server
-        except (asyncio.CancelledError, Exception):
-            pass
+        uv.should_exit = True
+        await server
     p50 = {k: statistics.median(v) for k, v in timings.items()}
     added_step = p50["step mcp"] - p50["step direct"]
     added_status = p50["status mcp"] - p50["status direct"]
