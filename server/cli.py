@@ -98,6 +98,11 @@ async def _session(sessions, session_id: str) -> str:
     return await sessions.touch(CLI_PRINCIPAL, session_id)
 
 
+async def _thread(sessions, session_id: str, companion: str) -> str:
+    get_companion(companion)  # an unknown companion is a clear error listing the known ones
+    return thread_id_for(await _session(sessions, session_id), companion)
+
+
 @app.command()
 def serve(
     transport: Annotated[str, typer.Option(help="stdio or http (streamable HTTP at /mcp).")] = "stdio",
@@ -250,7 +255,7 @@ def show(
 
     async def main() -> dict:
         async with engine(database_url) as (runner, store):
-            thread = thread_id_for(await _session(store, session), companion)
+            thread = await _thread(store, session, companion)
             return await (tt.state_at(runner, thread, at) if at else runner.status(thread))
 
     emit(execute(main), as_json, show_thread)
@@ -270,7 +275,7 @@ def diff(
 
     async def main() -> dict:
         async with engine(database_url) as (runner, store):
-            thread = thread_id_for(await _session(store, session), companion)
+            thread = await _thread(store, session, companion)
             return await tt.diff(runner, thread, from_version, to_version, at)
 
     def human(d: dict) -> None:
@@ -296,7 +301,7 @@ def fork(
 
     async def main() -> dict:
         async with engine(database_url) as (runner, store):
-            thread = thread_id_for(await _session(store, session), companion)
+            thread = await _thread(store, session, companion)
             return await tt.fork(runner, thread, checkpoint, critique, revision)
 
     emit(execute(main), as_json, show_thread)
@@ -320,7 +325,7 @@ def resume(
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"--decision is not valid JSON: {exc.msg}") from None
         async with engine(database_url) as (runner, store):
-            thread = thread_id_for(await _session(store, session), companion)
+            thread = await _thread(store, session, companion)
             return await runner.resume(thread, payload)
 
     emit(execute(main), as_json, show_thread)

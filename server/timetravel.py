@@ -13,7 +13,7 @@ from redraft.graph import timetravel as tt
 from redraft.server.middleware import guard
 from redraft.server.models import DiffResult, HistoryPage, ThreadView
 from redraft.server.resources import BASE
-from redraft.server.tools import CompanionName, view
+from redraft.server.tools import CompanionName, progress_reporter, view
 
 CheckpointId = Annotated[str, Field(min_length=1, max_length=64, description="A checkpoint id from `history`.")]
 
@@ -61,14 +61,7 @@ def register_timetravel(mcp: FastMCP, app) -> None:
     ) -> ThreadView:
         """Re-run the thread from a past checkpoint (new model calls, on a new branch)."""
         thread = await app.thread(session_id, companion)
-        done = 0
-
-        async def on_step(event: dict) -> None:
-            nonlocal done
-            done += 1
-            await ctx.report_progress(done, None, f"{event['node']} finished")
-
-        return view(session_id, companion, await tt.replay(app.runner, thread, checkpoint_id, on_step))
+        return view(session_id, companion, await tt.replay(app.runner, thread, checkpoint_id, progress_reporter(ctx)))
 
     @mcp.tool(annotations={"readOnlyHint": True})
     @guard()

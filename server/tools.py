@@ -41,6 +41,18 @@ def view(session_id: str, companion: str, data: dict, stats: dict | None = None)
     return result
 
 
+def progress_reporter(ctx: Context, total: int | None = None):
+    """An on_step callback that sends one MCP progress notification per finished step."""
+    done = 0
+
+    async def on_step(event: dict) -> None:
+        nonlocal done
+        done += 1
+        await ctx.report_progress(min(done, total) if total else done, total, f"{event['node']} finished")
+
+    return on_step
+
+
 def _options(similarity_threshold, max_loops, sampling: Sampling | None) -> dict:
     options: dict = {"similarity_threshold": similarity_threshold, "max_loops": max_loops}
     if sampling is not None:
@@ -135,15 +147,8 @@ def register_tools(mcp: FastMCP, app) -> None:
             loops = (await app.runner.status(thread))["run_config"].get("max_loops", 1)
         else:
             loops = max_loops or get_companion(companion, app.settings.companions).max_loops
-        total = 1 + 2 * loops
-        done = 0
-
-        async def on_step(event: dict) -> None:
-            nonlocal done
-            done += 1
-            await ctx.report_progress(min(done, total), total, f"{event['node']} finished")
-
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
+        on_step = progress_reporter(ctx, total=1 + 2 * loops)
         result = await app.runner.refine(thread, companion, query, on_step=on_step, **options)
         return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
 
@@ -158,15 +163,9 @@ def register_tools(mcp: FastMCP, app) -> None:
         """Continue a thread stopped by a crash, an error or a step-mode gate, from its last checkpoint. Completed
         steps are never repeated."""
         thread = await app.thread(session_id, companion)
-        done = 0
-
-        async def on_step(event: dict) -> None:
-            nonlocal done
-            done += 1
-            await ctx.report_progress(done, None, f"{event['node']} finished")
-
         payload = decision.model_dump(exclude_none=True) if decision else None
-        return view(session_id, companion, await app.runner.resume(thread, payload, on_step=on_step))
+        result = await app.runner.resume(thread, payload, on_step=progress_reporter(ctx))
+        return view(session_id, companion, result)
 
     @mcp.tool(annotations={"readOnlyHint": True})
     @guard()
