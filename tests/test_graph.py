@@ -173,3 +173,43 @@ async def test_bad_run_arguments_are_clear_errors(runner):
     with pytest.raises(UnknownCompanionError, match="generic"):
         await runner.refine(thread, "nope", "q")
     assert (await runner.snapshot(thread)).values == {}
+
+
+async def test_studio_graph_runs_with_default_context(stub, monkeypatch):
+    """The graph langgraph.json points at (graph/studio.py) runs with no context: settings come from REDRAFT_*."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from redraft.graph import studio
+
+    from redraft.settings import get_settings
+
+    monkeypatch.setenv("REDRAFT_BASE_URL", stub.base_url)
+    monkeypatch.setenv("REDRAFT_MODEL", "stub-model")
+    get_settings.cache_clear()
+    try:
+        graph = studio.graph.copy(update={"checkpointer": InMemorySaver()})
+        config = {"configurable": {"thread_id": "studio"}}
+        state = await graph.ainvoke(
+            {
+                "run_log": [
+                    {
+                        "op": "open",
+                        "slot": 0,
+                        "query": "From Studio.",
+                        "variant": "generic",
+                        "sampling": {"model": "stub-model"},
+                    }
+                ],
+                "run_config": {
+                    "companion": "generic",
+                    "similarity_threshold": 0.98,
+                    "max_loops": 5,
+                    "clear_history": False,
+                    "mode": "auto",
+                },
+            },
+            config,
+        )
+    finally:
+        get_settings.cache_clear()
+    assert state["outcomes"][-1]["stop_reason"] == "converged"
+    assert len(state["run_log"][0]["revision"]) == 3

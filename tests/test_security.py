@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import httpx
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
@@ -115,3 +116,38 @@ def test_redaction_filter_masks_every_configured_secret(caplog):
         assert "SECRET" not in caplog.text and caplog.text.count("****") >= 3
     finally:
         logging.setLogRecordFactory(previous)
+
+
+async def test_jwt_auth_isolates_subjects(tmp_path, stub):
+    from fastmcp.server.auth.providers.jwt import RSAKeyPair
+
+    keys = RSAKeyPair.generate()
+    issuer, audience = "https://issuer.example", "redraft"
+    env = server_env(
+        str(tmp_path / "jwt.sqlite"),
+        stub.base_url,
+        REDRAFT_JWT_PUBLIC_KEY=keys.public_key,
+        REDRAFT_JWT_ISSUER=issuer,
+        REDRAFT_JWT_AUDIENCE=audience,
+    )
+    carol = keys.create_token(subject="carol", issuer=issuer, audience=audience)
+    dave = keys.create_token(subject="dave", issuer=issuer, audience=audience)
+    wrong_audience = keys.create_token(subject="carol", issuer=issuer, audience="someone-else")
+    server = HttpServer(env).start()
+    try:
+        async with Client(server.url, auth=carol) as c, Client(server.url, auth=dave) as d:
+            sid = (await c.call_tool("create_session", {})).structured_content["session_id"]
+            await c.call_tool("draft", {"session_id": sid, "query": "Carol's."})
+            with pytest.raises(ToolError, match="invalid_session"):
+                await d.call_tool("status", {"session_id": sid})
+            assert (await c.call_tool("status", {"session_id": sid})).structured_content["phase"] == "ready_to_critique"
+        async with httpx.AsyncClient() as raw:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+            headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+            for token in (wrong_audience, carol[:-4] + "AAAA"):  # wrong audience, forged signature
+                response = await raw.post(
+                    server.url, json=body, headers={**headers, "authorization": f"Bearer {token}"}
+                )
+                assert response.status_code == 401
+    finally:
+        server.stop()
