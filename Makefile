@@ -7,15 +7,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test bench lint clean
 
+# Bootstrap output goes to stderr: `make serve` speaks MCP on stdout.
 $(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "redraft needs Python >= 3.11 on PATH"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@test -n "$(PYTHON)" || { echo "redraft needs Python >= 3.11 on PATH" >&2; exit 1; }
+	@echo "creating $(VENV) with $(PYTHON) and installing redraft ..." >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/python -m pip install -q --upgrade pip >&2
+	@$(BIN)/python -m pip install -q -e ".[dev]" >&2
 	@touch $(STAMP)
 
 serve: $(STAMP)  ## MCP server over stdio on the embedded SQLite database (see README for HTTP)
-	$(BIN)/redraft serve $(ARGS)
+	@$(BIN)/redraft serve $(ARGS)
 
 test: $(STAMP)  ## the whole test suite (PostgreSQL tests fail, never skip, when CI=true)
 	$(BIN)/python -m pytest $(ARGS)

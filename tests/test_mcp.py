@@ -4,6 +4,7 @@ over stdio, and the official `mcp` SDK client -- in both protocol eras."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import mcp
@@ -196,3 +197,15 @@ async def test_auth_isolates_principals_and_guards_hosts(tmp_path, stub):
             assert evil_origin.status_code == 403
             evil_host = await raw.post(srv.url, json=body, headers={**auth, "host": "evil.example"})
             assert evil_host.status_code == 421
+
+
+async def test_make_serve_speaks_clean_stdio(tmp_path, stub):
+    """The README's `make serve` must put nothing but MCP on stdout (no make echo, no install chatter)."""
+    root = Path(__file__).resolve().parent.parent
+    env = server_env(str(tmp_path / "make.sqlite"), stub.base_url)
+    params = mcp.StdioServerParameters(command="make", args=["serve"], cwd=str(root), env=env)
+    async with mcp.Client(params, mode="legacy") as client:
+        assert client.session.protocol_version == "2025-11-25"
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        r = await client.call_tool("refine", {"session_id": sid, "query": "Via make."})
+        assert r.structured_content["stop_reason"] == "converged"
