@@ -17,6 +17,8 @@ from redraft.server.app import create_server
 from tests.conftest import make_settings
 from tests.servers import REDRAFT, http_server, server_env
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture
 def server(db_url, stub):
@@ -201,9 +203,8 @@ async def test_auth_isolates_principals_and_guards_hosts(tmp_path, stub):
 
 async def test_make_serve_speaks_clean_stdio(tmp_path, stub):
     """The README's `make serve` must put nothing but MCP on stdout (no make echo, no install chatter)."""
-    root = Path(__file__).resolve().parent.parent
     env = server_env(str(tmp_path / "make.sqlite"), stub.base_url)
-    params = mcp.StdioServerParameters(command="make", args=["serve"], cwd=str(root), env=env)
+    params = mcp.StdioServerParameters(command="make", args=["serve"], cwd=str(ROOT), env=env)
     async with mcp.Client(params, mode="legacy") as client:
         assert client.session.protocol_version == "2025-11-25"
         sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
