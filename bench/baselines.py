@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
+
 from redraft.graph.builder import after_critique, after_revise
 from redraft.graph.state import apply_run_log_events, extend
 from redraft.nodes.context import RedraftContext

@@ -9,8 +9,8 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from redraft.nodes.model import ModelProvider
 
+from redraft.nodes.model import ModelProvider
 from tests.stub_llm import DEFAULTS, answer, node_of
 
 ROLE = {"system": "system", "human": "user", "ai": "assistant"}

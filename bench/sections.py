@@ -9,13 +9,13 @@ import time
 import uuid
 
 import uvicorn
+
+from bench.baselines import plain_graph, raw_loop
+from bench.fake import FakeProvider
 from redraft.graph import timetravel as tt
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
 from redraft.nodes.context import RedraftContext
-
-from bench.baselines import plain_graph, raw_loop
-from bench.fake import FakeProvider
 from redraft.settings import load_settings
 
 
@@ -70,8 +70,8 @@ async def overhead(backends: dict[str, str], loops: int = 10, repeats: int = 5) 
 
 async def mcp_round_trip(sqlite_path: str, n: int = 60) -> dict:
     from fastmcp import Client
-    from redraft.server.app import create_server
 
+    from redraft.server.app import create_server
     from tests.servers import free_port
 
     settings = settings_for(sqlite_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+
 from redraft.graph.state import RedraftState, outcome_for
 from redraft.nodes.context import RedraftContext
 from redraft.nodes.critique import critique

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from redraft.graph.database import Database, PostgresDatabase, SqliteDatabase, storage_error
-from redraft.graph.serde import SafeSerializer
 
 from redraft.errors import ConfigError, RedraftError
+from redraft.graph.database import Database, PostgresDatabase, SqliteDatabase, storage_error
+from redraft.graph.serde import SafeSerializer
 from redraft.settings import Settings
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from redraft.nodes.prompts import CODE, ESSAY, GENERIC, SUMMARY, PromptSet
-
 from redraft.errors import UnknownCompanionError
+from redraft.nodes.prompts import CODE, ESSAY, GENERIC, SUMMARY, PromptSet
 
 Mode = Literal["auto", "step"]
 

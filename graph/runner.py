@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langgraph.types import Command, StateSnapshot
+
+from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
 from redraft.graph.builder import build_graph
 from redraft.graph.checkpointer import Persistence
 from redraft.graph.companions import Companion, get_companion
@@ -22,10 +24,12 @@ from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_
 from redraft.nodes.context import RedraftContext
 from redraft.nodes.gate import validate_decision
 from redraft.nodes.model import ModelProvider, effective_sampling
-
-from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
 from redraft.settings import Settings
 
+MAX_LOOPS = 1000
+# supersteps of the longest allowed run (input, draft, 2 per loop), set explicitly rather than relying on
+# LangGraph's environment-tunable default
+RECURSION_LIMIT = 2 * MAX_LOOPS + 10
 StepCallback = Callable[[dict], Awaitable[None]]
 TokenCallback = Callable[[str, str], Awaitable[None]]
 
@@ -94,8 +98,8 @@ class Runner:
         loops = companion.max_loops if max_loops is None else max_loops
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
             raise InvalidInputError(f"similarity_threshold must be between 0 and 1, got {threshold!r}.")
-        if isinstance(loops, bool) or not isinstance(loops, int) or not 1 <= loops <= 1000:
-            raise InvalidInputError(f"max_loops must be an integer from 1 to 1000, got {loops!r}.")
+        if isinstance(loops, bool) or not isinstance(loops, int) or not 1 <= loops <= MAX_LOOPS:
+            raise InvalidInputError(f"max_loops must be an integer from 1 to {MAX_LOOPS}, got {loops!r}.")
         try:
             effective = effective_sampling(self.settings, companion, sampling)
         except RedraftError as exc:
@@ -127,7 +131,7 @@ class Runner:
         try:
             async for mode, chunk in self.graph.astream(
                 graph_input,
-                self.config(thread_id, checkpoint_id),
+                {**self.config(thread_id, checkpoint_id), "recursion_limit": RECURSION_LIMIT},
                 context=context,
                 stream_mode=modes,
                 durability="sync",

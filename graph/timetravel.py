@@ -10,11 +10,10 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from redraft.errors import CheckpointNotFoundError, InvalidInputError, PhaseError
 from redraft.graph.convergence import similarity
 from redraft.graph.runner import Runner, describe
 from redraft.graph.state import event, phase_of, versions
-
-from redraft.errors import CheckpointNotFoundError, InvalidInputError, PhaseError
 
 MAX_PAGE = 200
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from langgraph.runtime import Runtime
+
 from redraft.graph.companions import Companion, get_companion
 from redraft.nodes.model import ModelProvider
-
 from redraft.settings import Settings, get_settings
 
 

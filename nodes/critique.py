@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
+
+from redraft.errors import PhaseError
 from redraft.graph.convergence import best_version, critic_is_satisfied
 from redraft.graph.state import RedraftState, current_text, event, phase_of, scores_for, versions
 from redraft.nodes.context import context_of
 from redraft.nodes.gate import gate
 from redraft.nodes.model import complete
 from redraft.nodes.windows import critique_messages
-
-from redraft.errors import PhaseError
 
 
 def finish(state: RedraftState, stop_reason: str, scores: list[float], note: str | None = None) -> dict:

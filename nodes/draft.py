@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
+
+from redraft.errors import PhaseError
 from redraft.graph.state import RedraftState, event, phase_of
 from redraft.nodes.context import context_of
 from redraft.nodes.model import complete
 from redraft.nodes.windows import draft_messages
-
-from redraft.errors import PhaseError
 
 
 async def draft(state: RedraftState, runtime: Runtime) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
+
+from redraft.errors import PhaseError
 from redraft.graph.convergence import decide_after_revision, similarity
 from redraft.graph.state import RedraftState, apply_run_log_events, current_text, event, phase_of, scores_for
 from redraft.nodes.context import context_of
@@ -10,8 +12,6 @@ from redraft.nodes.critique import finish
 from redraft.nodes.gate import gate
 from redraft.nodes.model import complete
 from redraft.nodes.windows import revise_messages
-
-from redraft.errors import PhaseError
 
 
 async def revise(state: RedraftState, runtime: Runtime) -> dict:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
 from redraft.graph.state import Slot, current_text
 from redraft.nodes.prompts import PromptSet
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from fastmcp import FastMCP
 from fastmcp.server.lifespan import lifespan
+
+from redraft import __version__
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.companions import get_companion
 from redraft.graph.runner import Runner, thread_id_for
@@ -21,8 +23,6 @@ from redraft.server.auth import build_auth
 from redraft.server.middleware import LearningMiddleware, SessionActivityMiddleware
 from redraft.server.sessions import SessionStore, principal_key
 from redraft.server.stats import StatsStore
-
-from redraft import __version__
 from redraft.settings import Settings, get_settings
 
 log = logging.getLogger("redraft.server")

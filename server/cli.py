@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
-from redraft.graph import timetravel as tt
-from redraft.graph.checkpointer import open_persistence
-from redraft.graph.companions import COMPANION_MAP, get_companion
-from redraft.graph.runner import Runner, thread_id_for
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from redraft.errors import ConfigError, InvalidInputError, ModelError, RedraftError, StorageError
+from redraft.graph import timetravel as tt
+from redraft.graph.checkpointer import open_persistence
+from redraft.graph.companions import COMPANION_MAP, get_companion
+from redraft.graph.runner import Runner, thread_id_for
 from redraft.settings import Settings, load_settings
 
 app = typer.Typer(

@@ -15,9 +15,9 @@ from typing import ParamSpec, TypeVar
 
 from fastmcp.exceptions import FastMCPError, ToolError
 from fastmcp.server.middleware import Middleware, MiddlewareContext
-from redraft.server.sessions import principal_key
 
 from redraft.errors import RedraftError
+from redraft.server.sessions import principal_key
 
 log = logging.getLogger("redraft.server")
 P = ParamSpec("P")

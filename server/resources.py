@@ -6,12 +6,12 @@ import json
 
 from fastmcp import FastMCP
 from fastmcp.exceptions import ResourceError
+
+from redraft.errors import RedraftError
 from redraft.graph.companions import get_companion
 from redraft.graph.convergence import analyse
 from redraft.graph.state import versions
 from redraft.server.middleware import guard
-
-from redraft.errors import RedraftError
 
 BASE = "redraft://sessions/{session_id}/{companion}"
 

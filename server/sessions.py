@@ -14,11 +14,11 @@ import time
 import uuid
 
 from fastmcp.server.sessions import current_principal
+
+from redraft.errors import InvalidInputError, SessionNotFoundError
 from redraft.graph.companions import COMPANION_MAP
 from redraft.graph.database import Database
 from redraft.graph.runner import thread_id_for
-
-from redraft.errors import InvalidInputError, SessionNotFoundError
 
 
 def principal_key() -> str:

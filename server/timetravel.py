@@ -9,6 +9,7 @@ from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ResourceError
 from fastmcp.server.sessions import SessionId
 from pydantic import Field
+
 from redraft.graph import timetravel as tt
 from redraft.server.middleware import guard
 from redraft.server.models import DiffResult, HistoryPage, ThreadView

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from fastmcp.server.sessions import SessionId
 from pydantic import Field
+
 from redraft.graph.companions import COMPANION_MAP, get_companion
 from redraft.graph.runner import thread_id_for
 from redraft.server.middleware import guard

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
+
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
-
 from redraft.settings import load_settings
 from tests.stub_llm import StubLLM
 

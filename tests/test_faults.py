@@ -8,13 +8,13 @@ import psycopg
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+
+from redraft.errors import ModelError, StorageError
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
 from redraft.graph.state import check_invariants
 from redraft.graph.timetravel import history
 from redraft.server.app import create_server
-
-from redraft.errors import ModelError, StorageError
 from tests.conftest import make_settings, new_thread
 
 

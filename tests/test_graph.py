@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from redraft.graph.convergence import similarity
-from redraft.graph.state import check_invariants, phase_of
 
 from redraft.errors import InvalidInputError, PhaseError, UnknownCompanionError
+from redraft.graph.convergence import similarity
+from redraft.graph.state import check_invariants, phase_of
 from tests.conftest import new_thread
 
 
@@ -178,8 +178,8 @@ async def test_bad_run_arguments_are_clear_errors(runner):
 async def test_studio_graph_runs_with_default_context(stub, monkeypatch):
     """The graph langgraph.json points at (graph/studio.py) runs with no context: settings come from REDRAFT_*."""
     from langgraph.checkpoint.memory import InMemorySaver
-    from redraft.graph import studio
 
+    from redraft.graph import studio
     from redraft.settings import get_settings
 
     monkeypatch.setenv("REDRAFT_BASE_URL", stub.base_url)

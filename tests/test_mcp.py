@@ -12,8 +12,8 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
-from redraft.server.app import create_server
 
+from redraft.server.app import create_server
 from tests.conftest import make_settings
 from tests.servers import REDRAFT, http_server, server_env
 

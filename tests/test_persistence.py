@@ -12,12 +12,12 @@ import textwrap
 import ormsgpack
 import psycopg
 import pytest
+
+from redraft.errors import ConfigError, UnsafePayloadError
 from redraft.graph.checkpointer import backend_of, open_persistence
 from redraft.graph.companions import get_companion
 from redraft.graph.runner import Runner
 from redraft.graph.serde import SafeSerializer
-
-from redraft.errors import ConfigError, UnsafePayloadError
 from redraft.settings import load_settings
 from tests.conftest import make_settings, new_thread
 

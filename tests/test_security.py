@@ -9,8 +9,8 @@ import httpx
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
-from redraft.server.redaction import install, redact, secrets_of
 
+from redraft.server.redaction import install, redact, secrets_of
 from redraft.settings import load_settings
 from tests.servers import HttpServer, server_env
 

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+
 from redraft.graph.runner import thread_id_for
 from redraft.server.app import create_server
-
 from tests.conftest import make_settings
 
 

@@ -6,6 +6,7 @@ import copy
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.graph.state import apply_run_log_events, check_invariants, event, phase_of
 
 TEXT = st.text(min_size=1, max_size=20)

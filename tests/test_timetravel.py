@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from redraft.graph import timetravel as tt
-from redraft.graph.state import phase_of
 
 from redraft.errors import CheckpointNotFoundError, ConflictError, InvalidInputError, PhaseError
+from redraft.graph import timetravel as tt
+from redraft.graph.state import phase_of
 from tests.conftest import new_thread
 
 
