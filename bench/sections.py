@@ -31,40 +31,44 @@ def tid() -> str:
     return f"bench-{uuid.uuid4().hex[:10]}"
 
 
-async def overhead(backends: dict[str, str], loops: int = 10, repeats: int = 5) -> dict:
+async def overhead(backends: dict[str, str], repeats: int = 5) -> dict:
     rows, ratios = [], []
-    steps = 1 + 2 * loops
     for name, url in backends.items():
         settings = settings_for(url)
         provider = FakeProvider(settings, changes=[30])
         async with open_persistence(settings) as p:
             runner = Runner(p, settings, provider)
-            raw = raw_loop(provider.model, loops, p.saver)
-            ours, base = [], []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                await runner.refine(tid(), "generic", "Bench query.", max_loops=loops, similarity_threshold=1.0)
-                ours.append((time.perf_counter() - t0) / steps)
-                t0 = time.perf_counter()
-                await raw.ainvoke(
-                    {"query": "Bench query.", "texts": [], "critiques": []},
-                    {"configurable": {"thread_id": tid()}},
-                    durability="sync",
-                )
-                base.append((time.perf_counter() - t0) / steps)
-        ratio = statistics.median(ours) / statistics.median(base)
-        ratios.append(ratio)
-        rows.append([name, ms(statistics.median(base)), ms(statistics.median(ours)), f"{ratio:.2f}x"])
+            for loops in (10, 40):
+                steps = 1 + 2 * loops
+                raw = raw_loop(provider.model, loops, p.saver)
+                ours, base = [], []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    await runner.refine(tid(), "generic", "Bench query.", max_loops=loops, similarity_threshold=1.0)
+                    ours.append((time.perf_counter() - t0) / steps)
+                    t0 = time.perf_counter()
+                    await raw.ainvoke(
+                        {"query": "Bench query.", "texts": [], "critiques": []},
+                        {"configurable": {"thread_id": tid()}},
+                        durability="sync",
+                    )
+                    base.append((time.perf_counter() - t0) / steps)
+                ratio = statistics.median(ours) / statistics.median(base)
+                if loops == 10:
+                    ratios.append(ratio)
+                rows.append([name, loops, ms(statistics.median(base)), ms(statistics.median(ours)), f"{ratio:.2f}x"])
     worst = max(ratios)
     return {
         "title": "1. Per-step overhead vs a raw LangGraph loop",
-        "what": f"Median time per step of a {loops}-loop refine ({steps} steps, zero-latency model, durability=sync), "
-        "redraft vs the smallest draft/critique/revise LangGraph loop on the same saver. redraft adds per run a "
-        "thread lease, a phase check and similarity scoring, and per step its delta-channel bookkeeping.",
-        "headers": ["saver", "raw LangGraph ms/step", "redraft ms/step", "ratio"],
+        "what": "Median time per step of a whole refine (zero-latency model, durability=sync), redraft vs the "
+        "smallest draft/critique/revise LangGraph loop on the same saver. Per run, redraft also takes a thread "
+        "lease, reads the state twice (phase check, result view) and scores similarity; per step it keeps delta-"
+        "channel logs. The 40-loop rows spread the per-run costs thinner. With a real model (hundreds of ms per "
+        "call) both are noise.",
+        "headers": ["saver", "loops", "raw LangGraph ms/step", "redraft ms/step", "ratio"],
         "rows": rows,
         "target": "<= 1.2x",
-        "verdict": f"worst {worst:.2f}x: " + ("met" if worst <= 1.2 else "NOT met"),
+        "verdict": f"worst at 10 loops {worst:.2f}x: " + ("met" if worst <= 1.2 else "NOT met"),
     }
 
 
@@ -234,8 +238,7 @@ async def concurrency(backends: dict[str, str], latency: float = 0.1, loops: int
         "what": f"N sessions refine at once in one server process ({loops} loops = {steps} model calls each, every "
         "call sleeping 100 ms). Ideal throughput is N x steps / (steps x 100 ms), i.e. all sessions fully "
         "overlapped. Each session holds only its own thread lease, so nothing serialises on a global lock: where "
-        "the fraction drops, the process is CPU-bound (see the CPU column), and more server processes on the same "
-        "database add throughput.",
+        "the fraction drops, the one process is CPU-bound (see the CPU column), not waiting on a lock.",
         "headers": ["saver", "sessions", "steps/s", "ideal steps/s", "fraction of ideal", "CPU (1 core = 100%)"],
         "rows": rows,
         "target": ">= 80% of ideal",
