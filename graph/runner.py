@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from langgraph.types import Command, StateSnapshot
@@ -38,7 +39,18 @@ def thread_id_for(session_id: str, companion: str) -> str:
     return f"{session_id}:{companion}"
 
 
-def pending_gate(snapshot: StateSnapshot) -> dict | None:
+@dataclass(frozen=True)
+class RunEnd:
+    """Where a run stopped, taken from its own stream (the last checkpoint event and any interrupt), so the result
+    view costs no second read of the thread. Duck-types the parts of ``StateSnapshot`` that ``describe`` uses."""
+
+    values: dict
+    next: tuple
+    config: dict
+    interrupts: tuple
+
+
+def pending_gate(snapshot: StateSnapshot | RunEnd) -> dict | None:
     for item in snapshot.interrupts or ():
         if isinstance(item.value, dict) and "gate" in item.value:
             return item.value
@@ -125,9 +137,11 @@ class Runner:
         on_step: StepCallback | None = None,
         on_token: TokenCallback | None = None,
         checkpoint_id: str | None = None,
-    ) -> None:
+    ) -> RunEnd | None:
         context = RedraftContext(settings=self.settings, models=self.models, stepwise=stepwise)
-        modes = ["updates", "messages"] if on_token else ["updates"]
+        modes = ["updates", "checkpoints", "messages"] if on_token else ["updates", "checkpoints"]
+        last: dict | None = None
+        interrupts: tuple = ()
         try:
             async for mode, chunk in self.graph.astream(
                 graph_input,
@@ -136,13 +150,16 @@ class Runner:
                 stream_mode=modes,
                 durability="sync",
             ):
-                if mode == "messages" and on_token:
+                if mode == "checkpoints":
+                    last = chunk
+                elif mode == "messages" and on_token:
                     message, meta = chunk
                     if getattr(message, "content", None):
                         await on_token(meta.get("langgraph_node", ""), message.content)
-                elif mode == "updates" and on_step:
+                elif mode == "updates":
+                    interrupts = tuple(chunk.get("__interrupt__", ())) or interrupts
                     for node, update in chunk.items():
-                        if node != "__interrupt__":
+                        if node != "__interrupt__" and on_step:
                             await on_step({"node": node, "update": update})
         except RedraftError:
             raise
@@ -152,14 +169,20 @@ class Runner:
             if type(exc).__module__.startswith(("openai", "httpx")):
                 raise ModelError(f"The model endpoint failed ({type(exc).__name__}).") from None
             raise
+        if last is None:
+            return None
+        return RunEnd(values=last["values"], next=tuple(last["next"]), config=last["config"], interrupts=interrupts)
 
-    async def _advance(self, thread_id: str, gate_name: str, decision: dict, snap: StateSnapshot) -> None:
+    async def _view(self, thread_id: str, end: RunEnd | None) -> dict:
+        """The result of a run: from its stream when it emitted a checkpoint, else read back."""
+        return describe(thread_id, end) if end is not None else await self.status(thread_id)
+
+    async def _advance(self, thread_id: str, gate_name: str, decision: dict, snap: StateSnapshot) -> RunEnd | None:
         """Run exactly the gated node ``gate_name`` with ``decision``; stop at the next gate."""
         for attempt in range(2):
             gate = pending_gate(snap if attempt == 0 else await self.snapshot(thread_id))
             if gate is not None and gate["gate"] == gate_name:
-                await self._run(thread_id, Command(resume=decision), stepwise=True)
-                return
+                return await self._run(thread_id, Command(resume=decision), stepwise=True)
             if gate is not None:
                 raise PhaseError(f"The thread is waiting for a {gate['gate']} decision, not {gate_name}.")
             await self._run(thread_id, None, stepwise=True)  # reach the gate; nothing is done before it
@@ -177,8 +200,8 @@ class Runner:
                     "finish it with refine (or end the session) before drafting a new one."
                 )
             graph_input["run_log"][0]["slot"] = len(state.get("run_log") or [])
-            await self._run(thread_id, graph_input, stepwise=True)
-        return await self.status(thread_id)
+            end = await self._run(thread_id, graph_input, stepwise=True)
+        return await self._view(thread_id, end)
 
     async def critique(self, thread_id: str, text: str | None = None) -> dict:
         decision = {"action": "approve"}
@@ -187,8 +210,8 @@ class Runner:
         async with self.persistence.db.thread_lock(thread_id):
             snap = await self.snapshot(thread_id)
             self._require_phase(snap.values, "ready_to_critique", "critique")
-            await self._advance(thread_id, "critique", decision, snap)
-        return await self.status(thread_id)
+            end = await self._advance(thread_id, "critique", decision, snap)
+        return await self._view(thread_id, end)
 
     async def revise(self, thread_id: str, text: str | None = None, critique: str | None = None) -> dict:
         decision: dict = {"action": "approve"}
@@ -204,8 +227,8 @@ class Runner:
         async with self.persistence.db.thread_lock(thread_id):
             snap = await self.snapshot(thread_id)
             self._require_phase(snap.values, "needs_revision", "revise")
-            await self._advance(thread_id, "revise", decision, snap)
-        return await self.status(thread_id)
+            end = await self._advance(thread_id, "revise", decision, snap)
+        return await self._view(thread_id, end)
 
     @staticmethod
     def _require_phase(state: dict, wanted: str, action: str) -> None:
@@ -249,8 +272,8 @@ class Runner:
             stepwise = (snap.values.get("run_config") or {}).get("mode", comp.mode) == "step"
             if graph_input is None and stepwise and pending_gate(snap) is not None:
                 raise PhaseError("The thread is waiting for a human decision: call resume with one.")
-            await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step, on_token=on_token)
-        result = await self.status(thread_id)
+            end = await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step, on_token=on_token)
+        result = await self._view(thread_id, end)
         result["duration_s"] = round(time.monotonic() - started, 6)
         return result
 
@@ -271,8 +294,8 @@ class Runner:
                 raise InvalidInputError("The thread is not waiting for a decision; call resume without one.")
             else:
                 graph_input = None
-            await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step)
-        return await self.status(thread_id)
+            end = await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step)
+        return await self._view(thread_id, end)
 
     # --- reading --------------------------------------------------------------------------------------------------
 
@@ -281,7 +304,7 @@ class Runner:
         return describe(thread_id, snap)
 
 
-def describe(thread_id: str, snap: StateSnapshot) -> dict:
+def describe(thread_id: str, snap: StateSnapshot | RunEnd) -> dict:
     """A JSON view of a thread at a checkpoint: phase, current slot, similarities, stop reason, best text."""
     state = snap.values or {}
     check_invariants(state)

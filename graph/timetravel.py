@@ -219,8 +219,8 @@ async def replay(runner: Runner, thread_id: str, checkpoint_id: str, on_step=Non
         if not snap.next:
             raise PhaseError("Nothing to replay from that checkpoint: it is the end of a run.")
         stepwise = (snap.values.get("run_config") or {}).get("mode") == "step"
-        await runner._run(thread_id, None, stepwise=stepwise, on_step=on_step, checkpoint_id=checkpoint_id)
-    return await runner.status(thread_id)
+        end = await runner._run(thread_id, None, stepwise=stepwise, on_step=on_step, checkpoint_id=checkpoint_id)
+    return await runner._view(thread_id, end)
 
 
 async def diff(runner: Runner, thread_id: str, a: int, b: int, checkpoint_id: str | None = None) -> dict:
