@@ -50,6 +50,17 @@ class RunEnd:
     interrupts: tuple
 
 
+def _with_total(on_step: StepCallback | None, total: int) -> StepCallback | None:
+    """Step events of a whole run also carry the most steps it can take (input excluded), for progress bars."""
+    if on_step is None:
+        return None
+
+    async def step(event: dict) -> None:
+        await on_step({**event, "total": total})
+
+    return step
+
+
 def pending_gate(snapshot: StateSnapshot | RunEnd) -> dict | None:
     for item in snapshot.interrupts or ():
         if isinstance(item.value, dict) and "gate" in item.value:
@@ -272,7 +283,14 @@ class Runner:
             stepwise = (snap.values.get("run_config") or {}).get("mode", comp.mode) == "step"
             if graph_input is None and stepwise and pending_gate(snap) is not None:
                 raise PhaseError("The thread is waiting for a human decision: call resume with one.")
-            end = await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step, on_token=on_token)
+            run_config = graph_input["run_config"] if graph_input is not None else snap.values.get("run_config") or {}
+            end = await self._run(
+                thread_id,
+                graph_input,
+                stepwise=stepwise,
+                on_step=_with_total(on_step, 1 + 2 * int(run_config.get("max_loops", 1))),
+                on_token=on_token,
+            )
         result = await self._view(thread_id, end)
         result["duration_s"] = round(time.monotonic() - started, 6)
         return result

@@ -42,13 +42,15 @@ def view(session_id: str, companion: str, data: dict, stats: dict | None = None)
     return result
 
 
-def progress_reporter(ctx: Context, total: int | None = None):
-    """An on_step callback that sends one MCP progress notification per finished step."""
+def progress_reporter(ctx: Context):
+    """An on_step callback that sends one MCP progress notification per finished step (with the run's maximum
+    step count as the total when the runner knows it)."""
     done = 0
 
     async def on_step(event: dict) -> None:
         nonlocal done
         done += 1
+        total = event.get("total")
         await ctx.report_progress(min(done, total) if total else done, total, f"{event['node']} finished")
 
     return on_step
@@ -144,13 +146,8 @@ def register_tools(mcp: FastMCP, app) -> None:
         is reached. Sends a progress notification after every step. In `step` mode it stops at each human gate:
         answer with `resume`."""
         thread = await app.thread(session_id, companion)
-        if query is None:
-            loops = (await app.runner.status(thread))["run_config"].get("max_loops", 1)
-        else:
-            loops = max_loops or get_companion(companion, app.settings.companions).max_loops
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
-        on_step = progress_reporter(ctx, total=1 + 2 * loops)
-        result = await app.runner.refine(thread, companion, query, on_step=on_step, **options)
+        result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
         return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
 
     @mcp.tool

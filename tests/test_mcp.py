@@ -84,6 +84,7 @@ async def test_refine_sends_progress_and_returns_the_slot(server, stub):
     assert len(result["similarities"]) == 3
     assert [m for _, _, m in progress] == [f"{node} finished" for node in ["draft"] + ["critique", "revise"] * 3]
     assert [v for v, _, _ in progress] == list(range(1, 8))
+    assert {t for _, t, _ in progress} == {11}  # 1 + 2 x max_loops (generic: 5), from the run's own config
 
 
 async def test_sessions_isolate_companions_and_end_deletes_threads(server, stub, db_url):
