@@ -60,11 +60,7 @@ async def engine(database_url: str | None) -> AsyncIterator[tuple[Runner, Any]]:
 
 
 def execute(fn: Callable[[], Awaitable[Any]]) -> Any:
-    try:
-        return asyncio.run(fn())
-    except RedraftError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(3 if isinstance(exc, EXIT_ENVIRONMENT) else 2) from None
+    return execute_sync(lambda: asyncio.run(fn()))
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
@@ -370,6 +366,7 @@ def config(as_json: JsonOption = False) -> None:
 
 
 def execute_sync(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; a RedraftError becomes one error line and exit code 2 (input) or 3 (environment)."""
     try:
         return fn()
     except RedraftError as exc:
