@@ -17,9 +17,6 @@ class RedraftError(Exception):
         super().__init__(message)
         self.message = message
 
-    def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
-
 
 class ConfigError(RedraftError):
     """A setting is missing, malformed or out of range."""
