@@ -8,8 +8,6 @@ import statistics
 import time
 import uuid
 
-import uvicorn
-
 from bench.baselines import plain_graph, raw_loop
 from bench.fake import FakeProvider
 from redraft.graph import timetravel as tt
@@ -77,24 +75,13 @@ async def mcp_round_trip(sqlite_path: str, n: int = 60) -> dict:
     from fastmcp import Client
 
     from redraft.server.app import create_server
-    from tests.servers import free_port
+    from tests.servers import serve_in_process
 
     settings = settings_for(sqlite_path)
     provider = FakeProvider(settings, changes=[30])
     mcp = create_server(settings, provider)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(mcp.http_app(path="/mcp"), host="127.0.0.1", port=port, log_level="warning"))
-    server = asyncio.create_task(uv.serve())
-    try:
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                continue
-        async with open_persistence(settings) as p, Client(f"http://127.0.0.1:{port}/mcp") as client:
+    async with serve_in_process(mcp) as url:
+        async with open_persistence(settings) as p, Client(url) as client:
             runner = Runner(p, settings, provider)
             timings: dict[str, list[float]] = {
                 k: [] for k in ("floor direct", "floor mcp", "status direct", "status mcp", "step direct", "step mcp")
@@ -125,9 +112,6 @@ async def mcp_round_trip(sqlite_path: str, n: int = 60) -> dict:
                     t0 = time.perf_counter()
                     await client.call_tool(tool, {"session_id": sid})
                     timings["step mcp"].append(time.perf_counter() - t0)
-    finally:
-        uv.should_exit = True
-        await server
     p50 = {k: statistics.median(v) for k, v in timings.items()}
     added_step = p50["step mcp"] - p50["step direct"]
     added_status = p50["status mcp"] - p50["status direct"]

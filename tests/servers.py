@@ -1,7 +1,9 @@
-"""Real ``redraft serve`` subprocesses for tests: HTTP on a free port, or stdio parameters."""
+"""Real ``redraft serve`` subprocesses for tests: HTTP on a free port, or stdio parameters; and an in-process HTTP
+server for a FastMCP app built in the test."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -9,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 REDRAFT = str(Path(sys.executable).with_name("redraft"))
@@ -92,3 +94,26 @@ def http_server(env: dict[str, str]) -> Iterator[HttpServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(mcp) -> AsyncIterator[str]:
+    """Serve a FastMCP app over streamable HTTP with uvicorn in this event loop; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(mcp.http_app(path="/mcp"), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            if task.done():
+                task.result()  # raises what stopped it
+            await asyncio.sleep(0.025)
+        else:
+            raise TimeoutError("in-process server did not start")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.should_exit = True
+        await task

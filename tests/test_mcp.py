@@ -15,7 +15,7 @@ from fastmcp.exceptions import ToolError
 
 from redraft.server.app import create_server
 from tests.conftest import make_settings
-from tests.servers import REDRAFT, http_server, server_env
+from tests.servers import REDRAFT, http_server, serve_in_process, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,3 +211,34 @@ async def test_make_serve_speaks_clean_stdio(tmp_path, stub):
         sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
         r = await client.call_tool("refine", {"session_id": sid, "query": "Via make."})
         assert r.structured_content["stop_reason"] == "converged"
+
+
+async def test_stateless_calls_do_not_list_every_tool_first(db_url, stub):
+    """On the 2026-07-28 transport the SDK checks each tools/call's Mcp-Param headers against the tool's input
+    schema. redraft hands it a direct lookup; without one, every call would first run a whole tools/list through
+    the server (and its middleware)."""
+    from fastmcp.server.middleware import Middleware
+
+    listings = []
+
+    class CountListings(Middleware):
+        async def on_list_tools(self, context, call_next):
+            listings.append(context.message)
+            return await call_next(context)
+
+    app = create_server(make_settings(db_url, stub))
+    app.add_middleware(CountListings())
+    async with serve_in_process(app) as url, Client(url, mode="2026-07-28") as client:
+        assert client.protocol_version == "2026-07-28"
+        sid = await new_session(client)
+        await client.call_tool("draft", {"session_id": sid, "query": "Stateless."})
+        before = len(listings)
+        for _ in range(3):
+            r = await client.call_tool("status", {"session_id": sid})
+            assert r.structured_content["phase"] == "ready_to_critique"
+        assert len(listings) == before
+        # the lookup serves exactly what tools/list advertises
+        advertised = {t.name: t.input_schema for t in await client.list_tools()}
+        assert set(advertised) >= {"draft", "critique", "revise", "refine", "status"}
+        assert app._mcp_server.get_tool_input_schema("refine") == advertised["refine"]
+        assert app._mcp_server.get_tool_input_schema("no_such_tool") is None
