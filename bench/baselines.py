@@ -51,7 +51,11 @@ def raw_loop(model, loops: int, checkpointer):
     builder.add_edge(START, "draft")
     builder.add_edge("draft", "critique")
     builder.add_edge("critique", "revise")
-    builder.add_conditional_edges("revise", lambda s: "critique" if len(s["texts"]) <= loops else END)
+
+    async def route(s: RawState) -> str:  # a coroutine, like redraft's routers: no thread hop per step
+        return "critique" if len(s["texts"]) <= loops else END
+
+    builder.add_conditional_edges("revise", route)
     return builder.compile(checkpointer=checkpointer)
 
 
@@ -74,6 +78,6 @@ def plain_graph(checkpointer):
     builder.add_node("revise", revise, input_schema=PlainState)
     builder.add_edge(START, "draft")
     builder.add_edge("draft", "critique")
-    builder.add_conditional_edges("critique", lambda s: after_critique(s), ["revise", END])
-    builder.add_conditional_edges("revise", lambda s: after_revise(s), ["critique", END])
+    builder.add_conditional_edges("critique", after_critique, ["revise", END])
+    builder.add_conditional_edges("revise", after_revise, ["critique", END])
     return builder.compile(checkpointer=checkpointer)

@@ -23,11 +23,13 @@ def _slot_done(state: RedraftState) -> bool:
     return bool(run_log) and outcome_for(state, len(run_log) - 1) is not None
 
 
-def after_critique(state: RedraftState) -> str:
+# Routers are coroutines on purpose: LangGraph runs a plain function router in the default thread pool, a thread hop
+# per step that costs time alone and queues behind a handful of worker threads under many concurrent runs.
+async def after_critique(state: RedraftState) -> str:
     return END if _slot_done(state) else "revise"
 
 
-def after_revise(state: RedraftState) -> str:
+async def after_revise(state: RedraftState) -> str:
     return END if _slot_done(state) else "critique"
 
 

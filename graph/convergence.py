@@ -9,6 +9,7 @@ Three criteria, checked in this order after each step:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -26,9 +27,11 @@ _STOP_PATTERN = re.compile(
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def normalise_words(text: str) -> list[str]:
-    """Unicode-normalised, case-folded words with punctuation and spacing dropped."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+@functools.lru_cache(maxsize=512)
+def normalise_words(text: str) -> tuple[str, ...]:
+    """Unicode-normalised, case-folded words with punctuation and spacing dropped. Memoised (a pure function): each
+    revision is scored against the one before, so every text is normalised twice in a row."""
+    return tuple(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
 def similarity(a: str, b: str) -> float:

@@ -213,3 +213,44 @@ async def test_studio_graph_runs_with_default_context(stub, monkeypatch):
         get_settings.cache_clear()
     assert state["outcomes"][-1]["stop_reason"] == "converged"
     assert len(state["run_log"][0]["revision"]) == 3
+
+
+def _submitted_function(fn) -> str:
+    """The module-qualified name of what langchain's ``run_in_executor`` hands the pool: partial(ctx.run, wrapper),
+    where ``wrapper`` closes over the real function."""
+    inner = fn.args[-1] if hasattr(fn, "args") and fn.args else fn
+    for cell in getattr(inner, "__closure__", None) or ():
+        target = cell.cell_contents
+        if callable(target) and hasattr(target, "__qualname__"):
+            return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+    return repr(fn)
+
+
+async def test_steps_never_hop_to_the_thread_pool(stub):
+    """Routing runs on the event loop: LangGraph runs a plain-function router in the default thread pool, which
+    costs a thread hop per step and, with many concurrent runs, queues behind a few worker threads."""
+    import asyncio
+    import concurrent.futures
+
+    from redraft.graph.checkpointer import open_persistence
+    from redraft.graph.runner import Runner
+    from tests.conftest import make_settings
+
+    submitted = []
+
+    class Counting(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(_submitted_function(fn))
+            return super().submit(fn, *args, **kwargs)
+
+    stub.configure(changes=[30])
+    settings = make_settings("memory", stub)
+    async with open_persistence(settings) as p:
+        runner = Runner(p, settings)
+        await runner.refine(new_thread(), "generic", "Warm up the HTTP client.", max_loops=1)
+        asyncio.get_running_loop().set_default_executor(Counting(max_workers=2))
+        result = await runner.refine(new_thread(), "generic", "No thread hops.", max_loops=4, similarity_threshold=1.0)
+    assert len(result["slot"]["revision"]) == 4
+    # (ChatOpenAI itself parses each response in the pool: the model client's business, not the graph's)
+    assert submitted, "the counting executor saw nothing: the test would pass whatever the graph did"
+    assert [name for name in submitted if not name.startswith("langchain_openai.")] == []
