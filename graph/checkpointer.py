@@ -2,7 +2,8 @@
 
 * ``postgresql://...``  -> ``AsyncPostgresSaver`` on a psycopg pool (autocommit, dict_row, prepare_threshold=0)
 * a file path or ``sqlite:///path`` -> ``AsyncSqliteSaver`` (the embedded default, in the user's data dir)
-* ``memory``            -> ``InMemorySaver`` (quick dev; redraft's own tables go to an in-memory SQLite)
+* ``memory``            -> ``InMemorySaver`` (quick dev, one process; redraft's own tables go to an in-memory SQLite,
+  step leases stay in the process)
 
 All use ``SafeSerializer`` (JSON first, never pickle). ``setup()`` runs once per process at open.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from redraft.errors import ConfigError, RedraftError
-from redraft.graph.database import Database, PostgresDatabase, SqliteDatabase, storage_error
+from redraft.graph.database import Database, MemoryDatabase, PostgresDatabase, SqliteDatabase, storage_error
 from redraft.graph.serde import SafeSerializer
 from redraft.settings import Settings
 
@@ -130,7 +131,9 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
     # redraft's own tables get their own connection: sharing the saver's would let our commits interleave with (and
     # commit half of) the saver's multi-statement writes. WAL mode lets the two connections work side by side.
     async with contextlib.AsyncExitStack() as stack:
-        own = await aiosqlite.connect(path, timeout=30)
+        # autocommit: every statement redraft sends is a single statement, so this saves a commit round trip to
+        # aiosqlite's thread per write
+        own = await aiosqlite.connect(path, timeout=30, isolation_level=None)
         stack.push_async_callback(own.close)
         await own.execute("PRAGMA busy_timeout=30000")
         # sessions, stats and leases: WAL + NORMAL survives a process crash; the checkpoints keep full sync
@@ -144,7 +147,7 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
             await conn.execute("PRAGMA busy_timeout=30000")
             saver = type("RedraftSqliteSaver", (CompactVersions, AsyncSqliteSaver), {})(conn, serde=serde)
             await saver.setup()
-        db = SqliteDatabase(own)
+        db = MemoryDatabase(own) if kind == "memory" else SqliteDatabase(own)
         await db.setup()
         yield Persistence(saver=saver, db=db, kind=kind)
 

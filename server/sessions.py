@@ -110,8 +110,11 @@ class SessionStore:
             "SELECT 1 FROM redraft_leases l WHERE l.thread_id LIKE s.session_id || ':%' AND l.expires_at > ?)",
             (cutoff, now),
         )
+        busy = self.db.busy_sessions()
         swept = 0
         for row in expired:
+            if row["session_id"] in busy:
+                continue
             # the row goes first, and only if still idle: a call racing the sweep either renews it or finds it gone
             gone = await self.db.execute(
                 "DELETE FROM redraft_sessions WHERE session_id = ? AND last_accessed < ?", (row["session_id"], cutoff)

@@ -11,6 +11,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
+from redraft.errors import ConflictError
 from redraft.graph.runner import thread_id_for
 from redraft.server.app import create_server
 from tests.conftest import make_settings
@@ -79,3 +80,27 @@ async def test_learning_stats_are_durable_and_honest(db_url, stub):
     assert sug["estimated_completion_s"] > 0
     assert stats["transition_seconds"]["refine->done"]["count"] == 3
     assert status.structured_content["suggestions"]["typical_iterations"] == 2
+
+
+@pytest.mark.parametrize("backend", ["database", "memory"])
+async def test_sweep_spares_a_session_with_a_step_running(backend, db_url, stub):
+    """An idle-looking session whose thread holds a step lease is busy, not idle: the sweep leaves it (and its
+    checkpoints) alone until the step ends. The memory backend keeps its leases in the process; the others in rows."""
+    from redraft.graph.checkpointer import open_persistence
+    from redraft.server.sessions import SessionStore
+
+    settings = make_settings("memory" if backend == "memory" else db_url, stub)
+    async with open_persistence(settings) as p:
+        store = SessionStore(p.db, p.saver, ttl_seconds=0.2, max_sessions=1000)
+        busy = (await store.create("anon"))["session_id"]
+        idle = (await store.create("anon"))["session_id"]
+        await asyncio.sleep(0.4)
+        async with p.db.thread_lock(thread_id_for(busy, "generic")):
+            assert await store.sweep() == 1  # only the idle one
+            with pytest.raises(ConflictError):  # the lease really is held
+                async with p.db.thread_lock(thread_id_for(busy, "generic")):
+                    pass
+        assert {row["session_id"] for row in await p.db.fetchall("SELECT session_id FROM redraft_sessions")} == {busy}
+        assert await store.sweep() == 1  # the step is over: now it is idle
+        assert await p.db.fetchall("SELECT session_id FROM redraft_sessions") == []
+        assert idle != busy
