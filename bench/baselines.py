@@ -78,6 +78,14 @@ def plain_graph(checkpointer):
     builder.add_node("revise", revise, input_schema=PlainState)
     builder.add_edge(START, "draft")
     builder.add_edge("draft", "critique")
-    builder.add_conditional_edges("critique", after_critique, ["revise", END])
-    builder.add_conditional_edges("revise", after_revise, ["critique", END])
+    # unannotated wrappers: LangGraph would read redraft's routers' `RedraftState` annotation as their input schema
+
+    async def route_critique(state):
+        return await after_critique(state)
+
+    async def route_revise(state):
+        return await after_revise(state)
+
+    builder.add_conditional_edges("critique", route_critique, ["revise", END])
+    builder.add_conditional_edges("revise", route_revise, ["critique", END])
     return builder.compile(checkpointer=checkpointer)
