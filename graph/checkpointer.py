@@ -13,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+import select
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
@@ -84,6 +88,34 @@ async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
         raise
 
 
+class LivenessCheck:
+    """The pool's check on checkout, without a round trip for a connection that is plainly alive.
+
+    psycopg's ``check_connection`` costs a round trip per checkout: ~11% of the CPU of a busy process, since every
+    query checks a connection out. A pooled connection is idle, so the server has nothing to say to it; when its
+    backend is terminated (restart, ``pg_terminate_backend``, failover) the server sends a notice and closes the
+    socket, which makes the socket readable. So: a closed or readable socket, or one idle longer than
+    ``idle_for`` (a silently dropped TCP connection sends nothing), gets the full check and is replaced if dead;
+    any other connection is handed out as it is.
+    """
+
+    def __init__(self, check: Callable[[Any], Awaitable[None]], idle_for: float = 30.0) -> None:
+        self._check = check
+        self.idle_for = idle_for
+        self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    async def returned(self, conn: Any) -> None:
+        self._returned[conn] = time.monotonic()
+
+    async def check(self, conn: Any) -> None:
+        last = self._returned.get(conn)
+        if last is not None and time.monotonic() - last < self.idle_for and not conn.closed:
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+            if not readable:
+                return
+        await self._check(conn)
+
+
 @contextlib.asynccontextmanager
 async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[Persistence]:
     import psycopg
@@ -97,12 +129,14 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
     except psycopg.Error as exc:
         reason = str(exc).splitlines()[0].split(": ")[-1].strip() if str(exc) else type(exc).__name__
         raise ConfigError(f"Cannot connect to PostgreSQL ({reason}). Check REDRAFT_DATABASE_URL.") from None
+    liveness = LivenessCheck(AsyncConnectionPool.check_connection)
     pool = AsyncConnectionPool(
         url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
-        check=AsyncConnectionPool.check_connection,
+        check=liveness.check,
+        reset=liveness.returned,
         open=False,
     )
     try:

@@ -167,3 +167,43 @@ async def test_unreachable_postgres_is_a_clear_error():
         async with open_persistence(settings):
             pass
     assert "Cannot connect to PostgreSQL" in str(info.value) and "secret" not in str(info.value)
+
+
+@pytest.mark.postgres
+async def test_pool_checks_only_connections_that_may_be_dead(pg_url):
+    """Checkout skips the round-trip check for a connection that is plainly alive, yet a connection whose backend
+    was terminated while it sat in the pool is caught and replaced: the caller never sees it."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from redraft.graph.checkpointer import LivenessCheck
+
+    full_checks = []
+
+    async def counted(conn):
+        full_checks.append(conn.info.backend_pid)
+        await AsyncConnectionPool.check_connection(conn)
+
+    liveness = LivenessCheck(counted)
+    async with AsyncConnectionPool(
+        pg_url, min_size=1, max_size=1, kwargs={"autocommit": True}, check=liveness.check, reset=liveness.returned
+    ) as pool:
+        async with pool.connection() as conn:  # first checkout: never returned before, so checked
+            first_pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]
+        for _ in range(5):  # returned moments ago, socket quiet: no round trip
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        assert full_checks == [first_pid]
+
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (first_pid,)).fetchone()[0]
+        await asyncio.sleep(0.2)  # the server's termination notice reaches the idle socket
+        async with pool.connection() as conn:  # caught at checkout and replaced, not handed out
+            pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]
+        assert pid != first_pid
+        assert first_pid in full_checks
+
+        liveness.idle_for = 0.0  # idle "too long": a silent TCP drop sends nothing, so long-idle ones are checked
+        before = len(full_checks)
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        assert len(full_checks) == before + 1
