@@ -310,8 +310,8 @@ async def concurrency(backends: dict[str, str], loops: int = 2) -> dict:
         "time, so the fraction is ideal run time / mean run time. 'spread' runs arrive over one model latency; "
         "'all at once' start on the same instant, so every model reply lands together and the steps queue behind "
         "each other in the burst. The raw LangGraph loop on the same saver, in the same run, is what one Python "
-        "process can do at all: a durable step costs ~1.5 ms of CPU in LangGraph and the driver, so one process "
-        "tops out near 600 steps/s whatever the locking. Each redraft run holds only its own thread lease (no "
+        "process can do at all: a durable step costs ~1.4 ms of CPU in LangGraph and the driver, so one process "
+        "tops out near 650 steps/s whatever the locking. Each redraft run holds only its own thread lease (no "
         "global lock): the 1 s row (the same 200 sessions at a more typical LLM latency) is no longer CPU-bound. "
         "CPU: 1 core = 100%, worker processes summed, the database server not counted; this machine has 2 cores, "
         "which the PostgreSQL server shares.",

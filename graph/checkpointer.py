@@ -110,10 +110,19 @@ class LivenessCheck:
     async def check(self, conn: Any) -> None:
         last = self._returned.get(conn)
         if last is not None and time.monotonic() - last < self.idle_for and not conn.closed:
-            readable, _, _ = select.select([conn.fileno()], [], [], 0)
-            if not readable:
+            if not _readable(conn.fileno()):
                 return
         await self._check(conn)
+
+
+def _readable(fd: int) -> bool:
+    """Whether a socket has something to read, without waiting. poll() where it exists: select() cannot take a
+    descriptor numbered 1024 or more, which a busy server reaches."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 @contextlib.asynccontextmanager
