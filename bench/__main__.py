@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from bench.concurrency import concurrency  # noqa: E402
 from bench.sections import (  # noqa: E402
-    concurrency,
     mcp_round_trip,
     overhead,
     prompt_sizes,
