@@ -60,9 +60,10 @@ class Database:
         for statement in SCHEMA:
             await self.execute(statement)
 
-    def busy_sessions(self) -> set[str]:
-        """Sessions with a step running that the lease table does not show (none: every lease is a row)."""
-        return set()
+    async def busy_sessions(self) -> set[str]:
+        """Sessions with a step running: a live lease on one of their threads."""
+        rows = await self.fetchall("SELECT thread_id FROM redraft_leases WHERE expires_at > ?", (time.time(),))
+        return {_session_of(row["thread_id"]) for row in rows}
 
     @contextlib.asynccontextmanager
     async def thread_lock(self, thread_id: str) -> AsyncIterator[None]:
@@ -103,6 +104,11 @@ class Database:
                 await asyncio.shield(
                     self.execute("DELETE FROM redraft_leases WHERE thread_id = ? AND owner = ?", (thread_id, owner))
                 )
+
+
+def _session_of(thread_id: str) -> str:
+    """The session of a thread id ``<session>:<companion>`` (see ``runner.thread_id_for``)."""
+    return thread_id.split(":", 1)[0]
 
 
 def _pg(sql: str) -> str:
@@ -164,8 +170,8 @@ class MemoryDatabase(SqliteDatabase):
         finally:
             self.running.discard(thread_id)
 
-    def busy_sessions(self) -> set[str]:
-        return {thread_id.split(":", 1)[0] for thread_id in self.running}
+    async def busy_sessions(self) -> set[str]:
+        return {_session_of(thread_id) for thread_id in self.running}
 
 
 def storage_error(exc: BaseException) -> StorageError:

@@ -102,15 +102,9 @@ class SessionStore:
 
     async def sweep(self) -> int:
         """Delete every session idle past the TTL, with its threads and checkpoints. Safe to run from any process."""
-        now = time.time()
-        cutoff = now - self.ttl
-        # a session with a step running (a live lease on one of its threads) is busy, not idle
-        expired = await self.db.fetchall(
-            "SELECT s.session_id FROM redraft_sessions s WHERE s.last_accessed < ? AND NOT EXISTS ("
-            "SELECT 1 FROM redraft_leases l WHERE l.thread_id LIKE s.session_id || ':%' AND l.expires_at > ?)",
-            (cutoff, now),
-        )
-        busy = self.db.busy_sessions()
+        cutoff = time.time() - self.ttl
+        expired = await self.db.fetchall("SELECT session_id FROM redraft_sessions WHERE last_accessed < ?", (cutoff,))
+        busy = await self.db.busy_sessions() if expired else set()  # a step running means busy, not idle
         swept = 0
         for row in expired:
             if row["session_id"] in busy:
