@@ -8,8 +8,9 @@ import statistics
 import sys
 import time
 from asyncio.subprocess import PIPE
+from pathlib import Path
 
-from bench.sections import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Workers:

@@ -6,7 +6,6 @@ import random
 import statistics
 import time
 import uuid
-from pathlib import Path
 
 from bench.baselines import plain_graph, raw_loop
 from bench.fake import FakeProvider
@@ -16,8 +15,6 @@ from redraft.graph.companions import COMPANION_MAP, get_companion
 from redraft.graph.runner import Runner
 from redraft.nodes.context import RedraftContext
 from redraft.settings import load_settings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings_for(url: str, **extra):

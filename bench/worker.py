@@ -36,7 +36,9 @@ async def main(kind: str, url: str) -> None:
             cmd = json.loads(line)
             loops, latency = cmd["loops"], cmd["latency"]
             provider.model.latency = latency
-            raw = graphs.setdefault(loops, raw_loop(provider.model, loops, p.saver))
+            if loops not in graphs:
+                graphs[loops] = raw_loop(provider.model, loops, p.saver)
+            raw = graphs[loops]
             durations: list[float] = []
 
             async def one(i, loops=loops, latency=latency, stagger=cmd["stagger"], raw=raw, durations=durations):
