@@ -63,6 +63,39 @@ class ConflictError(RedraftError):
     retryable = True
 
 
+class LeaseLostError(RedraftError):
+    """This step's lease on its thread was lost (a database outage outlasted it, or another replica took the thread
+    over). Nothing this step computed was committed; the thread is at ``checkpoint_id``. Retry with ``resume``."""
+
+    code = "lease_lost"
+    retryable = True
+
+    def __init__(self, message: str, thread_id: str | None = None, checkpoint_id: str | None = None) -> None:
+        super().__init__(message)
+        self.thread_id = thread_id
+        self.checkpoint_id = checkpoint_id
+
+
+class SessionBusyError(RedraftError):
+    """The session has a step running, so it cannot be ended now. Retry when the step has finished."""
+
+    code = "session_busy"
+    retryable = True
+
+
+class SessionLimitError(RedraftError):
+    """Every session slot is held by a live session. Retry later, or end a session first."""
+
+    code = "session_limit"
+    retryable = True
+
+
+class NotFoundError(RedraftError):
+    """The thing asked for (a critique, a revision, a resource) does not exist yet."""
+
+    code = "not_found"
+
+
 class ModelError(RedraftError):
     """The model endpoint failed (after retries) or returned something unusable. The thread is unchanged."""
 
@@ -71,6 +104,16 @@ class ModelError(RedraftError):
     def __init__(self, message: str, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class ContextOverflowError(ModelError):
+    """The model server refused the prompt as larger than its context window. Retrying the same step repeats the
+    refusal: lower ``sampling.max_tokens``, or fork with a shorter text."""
+
+    code = "context_overflow"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 class StorageError(RedraftError):
