@@ -24,7 +24,15 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from redraft.errors import ConfigError, RedraftError
-from redraft.graph.database import Database, MemoryDatabase, PostgresDatabase, SqliteDatabase, storage_error
+from redraft.graph.database import (
+    Database,
+    MemoryDatabase,
+    PostgresDatabase,
+    SqliteDatabase,
+    is_driver_error,
+    storage_error,
+)
+from redraft.graph.fencing import FENCE, deadline, fenced_sqlite_commit, is_lease_lost, lease_lost
 from redraft.graph.serde import SafeSerializer
 from redraft.settings import Settings
 
@@ -40,6 +48,47 @@ class CompactVersions:
     def get_next_version(self, current, channel=None) -> str:
         current_v = 0 if current is None else int(current) if isinstance(current, int) else int(current.split(".")[0])
         return f"{current_v + 1:010d}.{random.getrandbits(32):08x}"
+
+
+class FencedPostgres:
+    """``AsyncPostgresSaver`` with fenced writes and bounded calls (see ``graph/fencing.py``).
+
+    Every write (``pipeline=True``: checkpoint, blobs, pending writes, deletes) made while a step holds a lease runs
+    in one transaction that starts with the fence check. Every call is bounded by ``statement_timeout``, and driver
+    failures become ``StorageError``. The stock saver also serialises every call of the process through one lock,
+    which a connection pool does not need: with a pool, a stalled connection no longer blocks every other thread.
+    """
+
+    statement_timeout = 30.0
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
+        from psycopg.rows import dict_row
+
+        fence = FENCE.get() if pipeline else None
+        try:
+            async with deadline(self.statement_timeout, "checkpoint write" if pipeline else "checkpoint read"):
+                async with contextlib.AsyncExitStack() as stack:
+                    if not hasattr(self.conn, "connection"):  # a single shared connection needs the saver's lock
+                        await stack.enter_async_context(self.lock)
+                        conn = self.conn
+                    else:
+                        conn = await stack.enter_async_context(self.conn.connection())
+                    if pipeline:
+                        await stack.enter_async_context(conn.pipeline())
+                        await stack.enter_async_context(conn.transaction())
+                    cur = await stack.enter_async_context(conn.cursor(binary=True, row_factory=dict_row))
+                    if fence is not None:
+                        await cur.execute("SELECT redraft_fence_check(%s, %s)", (fence.thread_id, fence.token))
+                    yield cur
+        except RedraftError:
+            raise
+        except Exception as exc:
+            if fence is not None and is_lease_lost(exc):
+                raise lease_lost(fence.thread_id) from None
+            if is_driver_error(exc):
+                raise storage_error(exc) from None
+            raise
 
 
 @dataclass
@@ -77,6 +126,7 @@ async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
             cm = _open_sqlite(kind, target, serde)
         async with cm as persistence:
             persistence.db.lease_ttl = settings.lease_ttl_seconds
+            persistence.db.statement_timeout = settings.db_statement_timeout
             yield persistence
     except RedraftError:
         raise
@@ -125,6 +175,26 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
+def _quick_reconnect_pool(base: type) -> type:
+    """The pool, retrying a failed connection attempt after 0.1 s and then at most every second. psycopg_pool's own
+    backoff starts at 1 s and doubles for up to five minutes, while a pool that is already growing starts no other
+    attempt: after an outage of a few seconds, requests would wait out that backoff although the database is back."""
+    from psycopg_pool.base import AttemptWithBackoff
+
+    class QuickRetry(AttemptWithBackoff):
+        INITIAL_DELAY = 0.1
+
+        def update_delay(self, now: float) -> None:
+            super().update_delay(now)
+            self.delay = min(self.delay, 1.0)
+
+    class RedraftPool(base):
+        async def _add_connection(self, attempt, growing: bool = False) -> None:
+            await super()._add_connection(attempt or QuickRetry(timeout=self.reconnect_timeout), growing)
+
+    return RedraftPool
+
+
 @contextlib.asynccontextmanager
 async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[Persistence]:
     import psycopg
@@ -133,30 +203,46 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
     from psycopg_pool import AsyncConnectionPool
 
     try:  # one direct attempt first: fail fast and quietly instead of letting the pool retry in the background
-        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=min(10, int(settings.request_timeout)))
+        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=max(1, round(settings.db_connect_timeout)))
         await probe.close()
     except psycopg.Error as exc:
         reason = str(exc).splitlines()[0].split(": ")[-1].strip() if str(exc) else type(exc).__name__
         raise ConfigError(f"Cannot connect to PostgreSQL ({reason}). Check REDRAFT_DATABASE_URL.") from None
     liveness = LivenessCheck(AsyncConnectionPool.check_connection)
-    pool = AsyncConnectionPool(
+    pool = _quick_reconnect_pool(AsyncConnectionPool)(
         url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            "prepare_threshold": 0,
+            "connect_timeout": max(1, round(settings.db_connect_timeout)),
+            # the server gives up on a statement too, and TCP gives up on a peer that stopped acknowledging
+            "options": f"-c statement_timeout={round(settings.db_statement_timeout * 1000)}",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": round(settings.db_statement_timeout * 1000),
+        },
+        timeout=settings.db_pool_timeout,
         check=liveness.check,
         reset=liveness.returned,
         open=False,
     )
     try:
-        await pool.open(wait=True, timeout=settings.request_timeout)
+        await pool.open(wait=True, timeout=settings.db_connect_timeout + settings.db_pool_timeout)
     except Exception as exc:
         await pool.close()
         raise ConfigError(f"Cannot connect to PostgreSQL ({type(exc).__name__}). Check REDRAFT_DATABASE_URL.") from None
     try:
-        saver = type("RedraftPostgresSaver", (CompactVersions, AsyncPostgresSaver), {})(pool, serde=serde)
+        saver_type = type("RedraftPostgresSaver", (FencedPostgres, CompactVersions, AsyncPostgresSaver), {})
+        saver = saver_type(pool, serde=serde)
+        saver.statement_timeout = settings.db_statement_timeout
         await saver.setup()
         db = PostgresDatabase(pool)
+        db.statement_timeout = settings.db_statement_timeout
         await db.setup()
         yield Persistence(saver=saver, db=db, kind="postgres")
     finally:
@@ -188,6 +274,7 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
             conn = await aiosqlite.connect(path, timeout=30)
             stack.push_async_callback(conn.close)
             await conn.execute("PRAGMA busy_timeout=30000")
+            fenced_sqlite_commit(conn)
             saver = type("RedraftSqliteSaver", (CompactVersions, AsyncSqliteSaver), {})(conn, serde=serde)
             await saver.setup()
         db = MemoryDatabase(own) if kind == "memory" else SqliteDatabase(own)

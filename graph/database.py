@@ -1,19 +1,24 @@
-"""A thin async handle on the database that holds the checkpoints, for redraft's own small tables
-(sessions, stats). SQL is written once with ``?`` placeholders; the Postgres backend rewrites them to ``%s``.
+"""A thin async handle on the database that holds the checkpoints, for redraft's own small tables (sessions, stats,
+leases). SQL is written once with ``?`` placeholders; the Postgres backend rewrites them to ``%s``.
 
-Also provides per-thread step leases that work across server processes on either backend.
+Every call is bounded by ``statement_timeout`` and every driver failure becomes a retryable ``StorageError``, on every
+table. The step-lease primitives (grant with a fencing token, renew, release, retire) live here per backend; the
+lease's lifecycle (heartbeat, self-abort) is in ``graph/leases.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from redraft.errors import ConflictError, StorageError
+from redraft.errors import ConflictError, RedraftError, SessionBusyError, SessionNotFoundError, StorageError
+from redraft.graph.fencing import PG_FENCE_FUNCTION, deadline
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS redraft_sessions (
@@ -41,69 +46,126 @@ SCHEMA = [
         expires_at DOUBLE PRECISION NOT NULL
     )""",
 ]
+# Fencing tokens (graph/fencing.py): a lease row names the grant holding it; tokens come from a sequence that only
+# grows, so a token is never handed out twice, even after its row was deleted.
+PG_SCHEMA = [
+    "ALTER TABLE redraft_leases ADD COLUMN IF NOT EXISTS token BIGINT NOT NULL DEFAULT 0",
+    "CREATE SEQUENCE IF NOT EXISTS redraft_fence",
+    PG_FENCE_FUNCTION,
+]
+SQLITE_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS redraft_fence (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO redraft_fence (id, value) VALUES (1, 0)",
+]
+# An ended session's threads keep a tombstone lease this long, so a step that validated the session just before it
+# ended cannot write into its deleted threads afterwards.
+TOMBSTONE = "ended"
+TOMBSTONE_SECONDS = 3600.0
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+DRIVER_MODULES = ("psycopg", "psycopg_pool", "sqlite3", "aiosqlite")
+
+
+@dataclass
+class Lease:
+    thread_id: str
+    token: int
+    lost: bool = False
 
 
 class Database:
     kind = "abstract"
     # Seconds a step lease lives without a heartbeat; a crashed holder blocks its thread at most this long.
     lease_ttl = 10.0
+    # Seconds any one call on redraft's tables may take before it fails with a StorageError.
+    statement_timeout = 30.0
 
-    async def execute(self, sql: str, params: tuple = ()) -> int: ...
+    # --- statements -----------------------------------------------------------------------------------------------
 
-    async def fetchall(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]: ...
+    async def _execute(self, sql: str, params: tuple) -> int: ...
+
+    async def _fetchall(self, sql: str, params: tuple) -> list[dict[str, Any]]: ...
+
+    async def execute(self, sql: str, params: tuple = ()) -> int:
+        async with self.guarded():
+            return await self._execute(sql, params)
+
+    async def fetchall(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        async with self.guarded():
+            return await self._fetchall(sql, params)
 
     async def fetchone(self, sql: str, params: tuple = ()) -> dict[str, Any] | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    @contextlib.asynccontextmanager
+    async def guarded(self) -> AsyncIterator[None]:
+        """Bound a call in time and turn any driver failure into a retryable StorageError."""
+        try:
+            async with deadline(self.statement_timeout):
+                yield
+        except RedraftError:
+            raise
+        except Exception as exc:
+            if is_driver_error(exc):
+                raise storage_error(exc) from None
+            raise
+
     async def setup(self) -> None:
         for statement in SCHEMA:
             await self.execute(statement)
 
+    # --- step leases ----------------------------------------------------------------------------------------------
+
+    async def grant(self, thread_id: str) -> Lease:
+        """A lease on the thread with a fresh fencing token; ConflictError if a live one is held elsewhere."""
+        raise NotImplementedError
+
+    async def renew(self, lease: Lease) -> bool:
+        """Extend the lease; False if it is no longer ours (another grant replaced it)."""
+        return (
+            await self.execute(
+                f"UPDATE redraft_leases SET expires_at = {self.now_sql} + ? WHERE thread_id = ? AND token = ?",
+                (*self.now_params, self.lease_ttl, lease.thread_id, lease.token),
+            )
+            == 1
+        )
+
+    async def release(self, lease: Lease) -> None:
+        await self.execute(
+            "DELETE FROM redraft_leases WHERE thread_id = ? AND token = ?", (lease.thread_id, lease.token)
+        )
+
+    async def retire(self, thread_ids: Iterable[str]) -> None:
+        """Atomically tombstone the leases of threads about to be deleted: SessionBusyError (and nothing changed) if
+        a step is running on any of them. Later grants on them fail as an unknown session."""
+        raise NotImplementedError
+
     async def busy_sessions(self) -> set[str]:
         """Sessions with a step running: a live lease on one of their threads."""
-        rows = await self.fetchall("SELECT thread_id FROM redraft_leases WHERE expires_at > ?", (time.time(),))
+        rows = await self.fetchall(
+            f"SELECT thread_id FROM redraft_leases WHERE expires_at > {self.now_sql} AND owner <> ?",
+            (*self.now_params, TOMBSTONE),
+        )
         return {_session_of(row["thread_id"]) for row in rows}
 
-    @contextlib.asynccontextmanager
-    async def thread_lock(self, thread_id: str) -> AsyncIterator[None]:
-        """Hold a lease on a thread for the duration of one step; refuse (ConflictError) if someone else holds it.
-
-        A lease row, renewed by a heartbeat while the step runs, works the same on Postgres and SQLite and across
-        server processes without pinning a pooled connection. If the holder dies, the lease lapses after
-        ``lease_ttl`` seconds.
-        """
-        ttl = self.lease_ttl
-        owner = uuid.uuid4().hex
-        now = time.time()
-        acquired = await self.execute(
-            "INSERT INTO redraft_leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
-            "WHERE redraft_leases.expires_at < ?",
-            (thread_id, owner, now + ttl, now),
+    async def forget_tombstones(self) -> int:
+        return await self.execute(
+            f"DELETE FROM redraft_leases WHERE owner = ? AND expires_at < {self.now_sql}", (TOMBSTONE, *self.now_params)
         )
-        if acquired != 1:
-            raise ConflictError("Another step is running on this thread; retry when it has finished.")
 
-        async def heartbeat() -> None:
-            while True:
-                await asyncio.sleep(ttl / 3)
-                await self.execute(
-                    "UPDATE redraft_leases SET expires_at = ? WHERE thread_id = ? AND owner = ?",
-                    (time.time() + ttl, thread_id, owner),
-                )
+    @property
+    def now_sql(self) -> str:
+        return "?"
 
-        beat = asyncio.create_task(heartbeat())
-        try:
-            yield
-        finally:
-            beat.cancel()
-            with contextlib.suppress(BaseException):
-                await beat
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self.execute("DELETE FROM redraft_leases WHERE thread_id = ? AND owner = ?", (thread_id, owner))
-                )
+    @property
+    def now_params(self) -> tuple:
+        return (time.time(),)
+
+    def thread_lock(self, thread_id: str):
+        """Hold a fenced, heart-beaten lease on a thread for one step (see ``graph/leases.py``)."""
+        from redraft.graph.leases import hold
+
+        return hold(self, thread_id)
 
 
 def _session_of(thread_id: str) -> str:
@@ -116,21 +178,69 @@ def _pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def _refused(owner: str | None) -> RedraftError:
+    if owner == TOMBSTONE:
+        return SessionNotFoundError()
+    return ConflictError("Another step is running on this thread; retry when it has finished.")
+
+
 class PostgresDatabase(Database):
     kind = "postgres"
+    # The database's clock, not the replica's: lease expiry must not depend on clock skew between replicas.
+    now_sql = "extract(epoch from clock_timestamp())"
+    now_params = ()
 
     def __init__(self, pool) -> None:
         self.pool = pool
 
-    async def execute(self, sql: str, params: tuple = ()) -> int:
+    async def _execute(self, sql: str, params: tuple) -> int:
         async with self.pool.connection() as conn:
             cur = await conn.execute(_pg(sql), params)
             return cur.rowcount
 
-    async def fetchall(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+    async def _fetchall(self, sql: str, params: tuple) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(_pg(sql), params)
             return list(await cur.fetchall())
+
+    async def setup(self) -> None:
+        async with self.guarded(), self.pool.connection() as conn, conn.transaction():
+            # one process at a time: concurrent CREATE OR REPLACE FUNCTION calls conflict
+            await conn.execute("SELECT pg_advisory_xact_lock(7710337001)")
+            for statement in SCHEMA + PG_SCHEMA:
+                await conn.execute(statement)
+
+    async def grant(self, thread_id: str) -> Lease:
+        now = self.now_sql
+        row = await self.fetchone(
+            "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
+            f"VALUES (?, ?, nextval('redraft_fence'), {now} + ?) "
+            "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
+            f"expires_at = excluded.expires_at WHERE redraft_leases.expires_at < {now} RETURNING token",
+            (thread_id, OWNER, self.lease_ttl),
+        )
+        if row is None:
+            held = await self.fetchone("SELECT owner FROM redraft_leases WHERE thread_id = ?", (thread_id,))
+            raise _refused(held and held["owner"])
+        return Lease(thread_id, int(row["token"]))
+
+    async def retire(self, thread_ids: Iterable[str]) -> None:
+        ids = list(thread_ids)
+        now = self.now_sql
+        async with self.guarded(), self.pool.connection() as conn, conn.transaction():
+            for thread_id in ids:
+                cur = await conn.execute(
+                    _pg(
+                        "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
+                        f"VALUES (?, ?, nextval('redraft_fence'), {now} + ?) "
+                        "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
+                        f"expires_at = excluded.expires_at WHERE redraft_leases.expires_at < {now} "
+                        f"OR redraft_leases.owner = '{TOMBSTONE}'"
+                    ),
+                    (thread_id, TOMBSTONE, TOMBSTONE_SECONDS),
+                )
+                if cur.rowcount != 1:  # the transaction rolls back: no tombstone was left anywhere
+                    raise SessionBusyError("A step is running in this session; retry when it has finished.")
 
 
 class SqliteDatabase(Database):
@@ -138,40 +248,112 @@ class SqliteDatabase(Database):
 
     def __init__(self, conn) -> None:
         self.conn = conn
+        # the connection is shared by every coroutine of the process: a transaction must not interleave with them
+        self.lock = asyncio.Lock()
 
-    async def execute(self, sql: str, params: tuple = ()) -> int:
+    async def _execute(self, sql: str, params: tuple) -> int:
         # the connection is in autocommit mode (isolation_level=None): each statement commits on its own
-        cur = await self.conn.execute(sql, params)
-        return cur.rowcount
+        async with self.lock:
+            cur = await self.conn.execute(sql, params)
+            return cur.rowcount
 
-    async def fetchall(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-        async with self.conn.execute(sql, params) as cur:
+    async def _fetchall(self, sql: str, params: tuple) -> list[dict[str, Any]]:
+        async with self.lock, self.conn.execute(sql, params) as cur:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+    async def setup(self) -> None:
+        await super().setup()
+        columns = {row["name"] for row in await self.fetchall("PRAGMA table_info(redraft_leases)")}
+        if "token" not in columns:
+            await self.execute("ALTER TABLE redraft_leases ADD COLUMN token INTEGER NOT NULL DEFAULT 0")
+        for statement in SQLITE_SCHEMA:
+            await self.execute(statement)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self.guarded(), self.lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+            await self.conn.execute("COMMIT")
+
+    async def _take(self, conn, thread_id: str, owner: str, ttl: float, over_tombstone: bool) -> int | None:
+        """Inside a transaction: take the lease if it is free; the new token, or None."""
+        now = time.time()
+        async with conn.execute("UPDATE redraft_fence SET value = value + 1 WHERE id = 1 RETURNING value") as cur:
+            token = (await cur.fetchone())[0]
+        cur = await conn.execute(
+            "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
+            "expires_at = excluded.expires_at WHERE redraft_leases.expires_at < ? OR (? AND redraft_leases.owner = ?)",
+            (thread_id, owner, token, now + ttl, now, over_tombstone, TOMBSTONE),
+        )
+        return token if cur.rowcount == 1 else None
+
+    async def grant(self, thread_id: str) -> Lease:
+        async with self.transaction() as conn:
+            token = await self._take(conn, thread_id, OWNER, self.lease_ttl, False)
+            if token is None:
+                async with conn.execute("SELECT owner FROM redraft_leases WHERE thread_id = ?", (thread_id,)) as cur:
+                    held = await cur.fetchone()
+        if token is None:
+            raise _refused(held and held[0])
+        return Lease(thread_id, token)
+
+    async def retire(self, thread_ids: Iterable[str]) -> None:
+        async with self.transaction() as conn:
+            for thread_id in thread_ids:
+                if await self._take(conn, thread_id, TOMBSTONE, TOMBSTONE_SECONDS, True) is None:
+                    raise SessionBusyError("A step is running in this session; retry when it has finished.")
 
 
 class MemoryDatabase(SqliteDatabase):
     """The ``memory`` backend: checkpoints live in this process's memory, so only this process can ever step a
-    thread, and an in-process lease is exact. It costs no database round trip per run."""
+    thread, and an in-process lease is exact (and needs no fence). It costs no database round trip per run."""
 
     kind = "memory"
 
     def __init__(self, conn) -> None:
         super().__init__(conn)
-        self.running: set[str] = set()
+        self.running: dict[str, int] = {}
+        self.retired: set[str] = set()
+        self.tokens = 0
 
-    @contextlib.asynccontextmanager
-    async def thread_lock(self, thread_id: str) -> AsyncIterator[None]:
+    async def grant(self, thread_id: str) -> Lease:
+        if thread_id in self.retired:
+            raise SessionNotFoundError()
         if thread_id in self.running:  # test-and-set with no await in between: atomic on the event loop
             raise ConflictError("Another step is running on this thread; retry when it has finished.")
-        self.running.add(thread_id)
-        try:
-            yield
-        finally:
-            self.running.discard(thread_id)
+        self.tokens += 1
+        self.running[thread_id] = self.tokens
+        return Lease(thread_id, self.tokens)
+
+    async def renew(self, lease: Lease) -> bool:
+        return self.running.get(lease.thread_id) == lease.token
+
+    async def release(self, lease: Lease) -> None:
+        if self.running.get(lease.thread_id) == lease.token:
+            del self.running[lease.thread_id]
+
+    async def retire(self, thread_ids: Iterable[str]) -> None:
+        ids = list(thread_ids)
+        if any(t in self.running for t in ids):
+            raise SessionBusyError("A step is running in this session; retry when it has finished.")
+        self.retired.update(ids)
 
     async def busy_sessions(self) -> set[str]:
         return {_session_of(thread_id) for thread_id in self.running}
+
+    async def forget_tombstones(self) -> int:
+        return 0
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in DRIVER_MODULES
 
 
 def storage_error(exc: BaseException) -> StorageError:
