@@ -140,13 +140,10 @@ class Database:
         a step is running on any of them. Later grants on them fail as an unknown session."""
         raise NotImplementedError
 
-    async def busy_sessions(self) -> set[str]:
-        """Sessions with a step running: a live lease on one of their threads."""
-        rows = await self.fetchall(
-            f"SELECT thread_id FROM redraft_leases WHERE expires_at > {self.now_sql} AND owner <> ?",
-            (*self.now_params, TOMBSTONE),
-        )
-        return {_session_of(row["thread_id"]) for row in rows}
+    async def unretire(self, thread_ids: Iterable[str]) -> None:
+        """Undo ``retire`` (a sweep found the session in use after all)."""
+        for thread_id in thread_ids:
+            await self.execute("DELETE FROM redraft_leases WHERE thread_id = ? AND owner = ?", (thread_id, TOMBSTONE))
 
     async def forget_tombstones(self) -> int:
         return await self.execute(
@@ -166,11 +163,6 @@ class Database:
         from redraft.graph.leases import hold
 
         return hold(self, thread_id)
-
-
-def _session_of(thread_id: str) -> str:
-    """The session of a thread id ``<session>:<companion>`` (see ``runner.thread_id_for``)."""
-    return thread_id.split(":", 1)[0]
 
 
 def _pg(sql: str) -> str:
@@ -345,8 +337,8 @@ class MemoryDatabase(SqliteDatabase):
             raise SessionBusyError("A step is running in this session; retry when it has finished.")
         self.retired.update(ids)
 
-    async def busy_sessions(self) -> set[str]:
-        return {_session_of(thread_id) for thread_id in self.running}
+    async def unretire(self, thread_ids: Iterable[str]) -> None:
+        self.retired.difference_update(thread_ids)
 
     async def forget_tombstones(self) -> int:
         return 0
