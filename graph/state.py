@@ -7,8 +7,8 @@
 Nodes never write whole slots. They write small *events* (``open``, ``draft``, ``critique``, ``revision`` and,
 for forks and human edits, ``edit_critique`` / ``edit_revision``) into a ``DeltaChannel``, which stores each event
 once in the checkpoint writes and rebuilds the list by replaying them. Storage therefore grows with the text
-written, not with ``iterations x text`` as a plain list reducer would. ``scores``, ``outcomes`` and ``history``
-are append-only logs on the same channel type.
+written, not with ``iterations x text`` as a plain list reducer would. ``scores``, ``outcomes``, ``history`` and
+``truncations`` are append-only logs on the same channel type.
 
 The phase of a slot is read from its array lengths, never stored.
 """
@@ -119,7 +119,7 @@ def event(op: str, slot: int, n: int | None = None, **fields: Any) -> dict:
 
 
 def extend(items: list, writes: Sequence[Any]) -> list:
-    """Append-only reducer for the small logs (scores, outcomes, history)."""
+    """Append-only reducer for the small logs (scores, outcomes, history, truncations)."""
     out = list(items)
     for write in writes:
         out.extend(write if isinstance(write, list) else [write])
@@ -135,6 +135,10 @@ class RedraftState(TypedDict, total=False):
     # Conversation history across queries: {"slot", "query", "answer"} per finished slot. (Not role/content dicts:
     # LangGraph would coerce those into message objects.)
     history: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
+    # Model replies cut at max_tokens, and what the step did (REDRAFT_ON_TRUNCATION): {"slot", "node", "n" (critique/
+    # revision number), "finish_reason": "length", "max_tokens", "action": "retried" | "accepted", "retry_max_tokens"}.
+    # Empty in checkpoints written before it existed.
+    truncations: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
     # Small per-query run settings: companion, similarity_threshold, max_loops, clear_history, mode.
     run_config: dict[str, Any]
 

@@ -9,7 +9,7 @@ from redraft.graph.convergence import best_version, critic_is_satisfied
 from redraft.graph.state import RedraftState, current_text, event, phase_of, scores_for, versions
 from redraft.nodes.context import context_of
 from redraft.nodes.gate import gate
-from redraft.nodes.model import complete
+from redraft.nodes.model import Reply, truncation_update
 from redraft.nodes.windows import critique_messages
 
 
@@ -42,11 +42,17 @@ async def critique(state: RedraftState, runtime: Runtime) -> dict:
         "critique",
         {"slot": index, "round": len(slot["critique"]) + 1, "text": current_text(slot)},
     )
+    n = len(slot["critique"]) + 1
     if decision["action"] == "replace":
-        text = decision["text"].strip()
+        reply = Reply(decision["text"].strip())
     else:
         companion = ctx.companion(state["run_config"]["companion"])
-        text = await complete(ctx.models.get(slot["sampling"]), critique_messages(companion.prompts, slot), "critique")
-    if critic_is_satisfied(text):
-        return finish(state, "critic_satisfied", scores_for(state, index), note=text)
-    return {"run_log": [event("critique", index, len(slot["critique"]) + 1, text=text)]}
+        shorter = "fork from this checkpoint with a shorter revision" if slot["revision"] else "start the query again"
+        hint = f"pass your own critique (critique with a text), or {shorter}"
+        reply = await ctx.models.complete(
+            slot["sampling"], critique_messages(companion.prompts, slot), "critique", overflow_hint=hint
+        )
+    noted = truncation_update(reply, index, "critique", n)
+    if critic_is_satisfied(reply.text):
+        return {**finish(state, "critic_satisfied", scores_for(state, index), note=reply.text), **noted}
+    return {"run_log": [event("critique", index, n, text=reply.text)], **noted}

@@ -7,7 +7,7 @@ from langgraph.runtime import Runtime
 from redraft.errors import PhaseError
 from redraft.graph.state import RedraftState, event, phase_of
 from redraft.nodes.context import context_of
-from redraft.nodes.model import complete
+from redraft.nodes.model import truncation_update
 from redraft.nodes.windows import draft_messages
 
 
@@ -19,5 +19,7 @@ async def draft(state: RedraftState, runtime: Runtime) -> dict:
     run_config = state["run_config"]
     companion = ctx.companion(run_config["companion"])
     messages = draft_messages(companion.prompts, slot["query"], state.get("history") or [], run_config["clear_history"])
-    text = await complete(ctx.models.get(slot["sampling"]), messages, "draft")
-    return {"run_log": [event("draft", len(state["run_log"]) - 1, text=text)]}
+    index = len(state["run_log"]) - 1
+    hint = "start the query again with a shorter text (in a new session, or under another companion)"
+    reply = await ctx.models.complete(slot["sampling"], messages, "draft", overflow_hint=hint)
+    return {"run_log": [event("draft", index, text=reply.text)], **truncation_update(reply, index, "draft")}

@@ -1,24 +1,62 @@
-"""Model factory over ``ChatOpenAI``: any OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, a local stub).
+"""Model factory over ``ChatOpenAI``: any OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, llama.cpp, a local stub).
 
 ``sampling`` (stored in each run_log slot) carries the per-query choices: model, temperature and optionally top_p,
 max_tokens and seed. Endpoint, key, timeout and retries come from settings and are never stored in state.
+
+Clients are cached per model name only (endpoint, key, timeout and retries are this provider's settings), in a small
+LRU; temperature, top_p, max_tokens and seed are bound per call, so distinct seeds never add a client.
+
+Model-side faults become clear errors: a prompt larger than the server's context window is ``context_overflow`` with
+the server's own (sanitised) reason and a way forward; a reply cut at ``max_tokens`` (``finish_reason=length``) is
+retried once with twice the room, failed, or accepted, as ``REDRAFT_ON_TRUNCATION`` says, and recorded.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 
-from redraft.errors import ConfigError, ModelError
+from redraft.errors import ConfigError, ContextOverflowError, ModelError
 from redraft.settings import Settings
 
 SAMPLING_KEYS = ("model", "temperature", "top_p", "max_tokens", "seed")
+PER_CALL_KEYS = ("temperature", "top_p", "max_tokens", "seed")  # bound per call: they never make a new client
+CLIENT_CACHE_SIZE = 8
+REASON_CHARS = 300  # at most this much of a model server's error text reaches a client
+
+# How OpenAI-compatible servers say "the prompt does not fit": OpenAI, llama.cpp (old and new wording), vLLM,
+# llama-cpp-python, LM Studio, Anthropic-style gateways. Matched case-insensitively in the error's message/type/code.
+OVERFLOW_MARKERS = (
+    "context_length_exceeded",
+    "exceed_context_size_error",
+    "exceeds the available context size",
+    "exceeds the context window",
+    "maximum context length",
+    "model_context_window_exceeded",
+    "greater than the context length",
+    "reduce the length of the messages",
+    "prompt is too long",
+    "input is too long",
+)
+_SECRETS = (
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), "sk-****"),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer ****"),
+    (
+        re.compile(r"(?i)\b(api[_ -]?key|access[_-]?token|token|password|secret)([\"'\s]*[:=][\"'\s]*)[^\s\"',;}&]+"),
+        r"\1\2****",
+    ),
+    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "://****@"),
+)
 
 
 def effective_sampling(settings: Settings, companion, overrides: dict | None) -> dict[str, Any]:
@@ -35,19 +73,44 @@ def effective_sampling(settings: Settings, companion, overrides: dict | None) ->
     return sampling
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A model's answer. ``truncation`` says what was done about a reply cut at ``max_tokens``, if one was."""
+
+    text: str
+    truncation: dict[str, Any] | None = None
+
+
 class ModelProvider:
-    """Builds (and reuses, per sampling choice) chat models. Holds clients, never state."""
+    """Builds and reuses chat clients (at most ``CLIENT_CACHE_SIZE``, least recently used evicted). Holds clients,
+    never state."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._cache: dict[str, BaseChatModel] = {}
+        self._clients: OrderedDict[tuple, BaseChatModel] = OrderedDict()
 
-    def get(self, sampling: dict[str, Any]) -> BaseChatModel:
-        key = json.dumps(sampling, sort_keys=True)
-        model = self._cache.get(key)
-        if model is None:
-            model = self._cache[key] = self.build(sampling)
-        return model
+    def client(self, model: str) -> BaseChatModel:
+        s = self.settings
+        key = (model, s.base_url, s.request_timeout, s.max_retries)
+        found = self._clients.get(key)
+        if found is not None:
+            self._clients.move_to_end(key)
+            return found
+        built = self.build({"model": model})  # may raise ConfigError: then nothing is cached
+        self._clients[key] = built
+        while len(self._clients) > CLIENT_CACHE_SIZE:
+            self._clients.popitem(last=False)
+        return built
+
+    def get(self, sampling: dict[str, Any]) -> Runnable:
+        """The client for ``sampling['model']`` with the per-call sampling bound to it."""
+        per_call: dict[str, Any] = {k: sampling[k] for k in PER_CALL_KEYS if sampling.get(k) is not None}
+        if self.settings.base_url and "max_tokens" in per_call:
+            # ChatOpenAI sends OpenAI's newer `max_completion_tokens` only, which llama-cpp-python (and other
+            # servers that predate it) silently ignore: send the classic `max_tokens` beside it.
+            per_call["extra_body"] = {"max_tokens": per_call["max_tokens"]}
+        client = self.client(sampling["model"])
+        return client.bind(**per_call) if per_call else client
 
     def build(self, sampling: dict[str, Any]) -> BaseChatModel:
         s = self.settings
@@ -56,43 +119,148 @@ class ModelProvider:
             if not s.base_url:
                 raise ConfigError("REDRAFT_API_KEY is required when REDRAFT_BASE_URL is not set (OpenAI).")
             api_key = "not-needed"  # Ollama / vLLM accept any key
-        kwargs: dict[str, Any] = {
-            "model": sampling["model"],
-            "temperature": sampling.get("temperature"),
-            "base_url": s.base_url,
-            "api_key": api_key,
-            "timeout": s.request_timeout,
-            "max_retries": s.max_retries,
-        }
-        for key in ("top_p", "max_tokens", "seed"):
-            if sampling.get(key) is not None:
-                kwargs[key] = sampling[key]
-        return ChatOpenAI(**kwargs)
+        return ChatOpenAI(
+            model=sampling["model"],
+            base_url=s.base_url,
+            api_key=api_key,
+            timeout=s.request_timeout,
+            max_retries=s.max_retries,
+        )
+
+    async def complete(
+        self, sampling: dict[str, Any], messages: list[BaseMessage], purpose: str, overflow_hint: str = ""
+    ) -> Reply:
+        """One completion under the truncation policy. ``overflow_hint``: what the caller can do if the prompt does
+        not fit the model's context window (resuming would only repeat the refusal)."""
+        hint = _with_max_tokens_hint(overflow_hint, sampling.get("max_tokens"))
+        text, finish = await ask(self.get(sampling), messages, purpose, hint)
+        if finish == "length":
+            return await self._truncated(sampling, messages, purpose, hint, text)
+        return Reply(_non_empty(text, purpose))
+
+    async def _truncated(
+        self, sampling: dict[str, Any], messages: list[BaseMessage], purpose: str, hint: str, text: str
+    ) -> Reply:
+        limit = sampling.get("max_tokens")
+        policy = self.settings.on_truncation
+        note: dict[str, Any] = {"finish_reason": "length", "max_tokens": limit}
+        cut = f"The model's {purpose} reply was cut off at " + (
+            f"max_tokens={limit}" if limit else "the server's output limit (no max_tokens was set)"
+        )
+        if policy == "accept":
+            return Reply(_non_empty(text, purpose), {**note, "action": "accepted"})
+        if policy == "retry" and limit:
+            room = 2 * int(limit)
+            try:
+                text, finish = await ask(self.get({**sampling, "max_tokens": room}), messages, purpose, hint)
+            except ContextOverflowError as exc:
+                raise ModelError(
+                    f"{cut}, and a retry with max_tokens={room} does not fit the model's context window "
+                    f"({exc.message}). Nothing was stored.",
+                    retryable=False,
+                ) from None
+            if finish != "length":
+                return Reply(_non_empty(text, purpose), {**note, "action": "retried", "retry_max_tokens": room})
+            cut += f", and again at max_tokens={room}"
+        raise ModelError(
+            f"{cut} (finish_reason=length); nothing was stored. Supply the text yourself, start the query again with "
+            "a larger sampling.max_tokens, or set REDRAFT_ON_TRUNCATION=accept to keep cut replies.",
+            retryable=False,
+        )
 
 
-async def complete(model: BaseChatModel, messages: list[BaseMessage], purpose: str) -> str:
-    """One chat completion as text. Every failure becomes a ``ModelError`` without secrets in it."""
+def truncation_update(reply: Reply, slot: int, node: str, n: int | None = None) -> dict:
+    """The ``truncations`` log entry for a step whose reply was cut at max_tokens (empty when it was not)."""
+    if reply.truncation is None:
+        return {}
+    return {"truncations": [{"slot": slot, "node": node, **({"n": n} if n is not None else {}), **reply.truncation}]}
+
+
+async def ask(model: Runnable, messages: list[BaseMessage], purpose: str, hint: str = "") -> tuple[str, str | None]:
+    """One chat completion: its text and finish_reason (streamed or not). Every failure becomes a ``ModelError``
+    without secrets in it."""
     try:
         reply = await model.ainvoke(messages)
-    except openai.RateLimitError:
-        raise ModelError(f"The model endpoint kept rate-limiting the {purpose} request (429) after retries.") from None
-    except openai.APITimeoutError:
-        raise ModelError(f"The model endpoint timed out on the {purpose} request after retries.") from None
-    except openai.APIConnectionError:
-        raise ModelError(f"Cannot reach the model endpoint for the {purpose} request.") from None
-    except openai.AuthenticationError:
-        raise ModelError("The model endpoint rejected the API key (401).", retryable=False) from None
-    except openai.APIStatusError as exc:
-        raise ModelError(
-            f"The model endpoint answered HTTP {exc.status_code} to the {purpose} request.",
-            retryable=exc.status_code >= 500 or exc.status_code == 429,
-        ) from None
-    except (openai.APIResponseValidationError, json.JSONDecodeError, httpx.DecodingError, KeyError, TypeError):
+    except openai.APIError as exc:
+        raise model_error(exc, purpose, hint) from None
+    except (json.JSONDecodeError, httpx.DecodingError, KeyError, TypeError):
         raise ModelError(f"The model endpoint returned a malformed response to the {purpose} request.") from None
     content = reply.content
     if isinstance(content, list):  # content blocks
         content = "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    text = (content or "").strip()
+    # Non-streamed replies carry finish_reason in response_metadata; streamed ones in the last chunk's, which
+    # langchain merges into the aggregated message's response_metadata.
+    finish = (getattr(reply, "response_metadata", None) or {}).get("finish_reason")
+    return (content or "").strip(), finish
+
+
+def model_error(exc: openai.APIError, purpose: str, hint: str = "") -> ModelError:
+    if isinstance(exc, openai.RateLimitError):
+        return ModelError(f"The model endpoint kept rate-limiting the {purpose} request (429) after retries.")
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelError(f"The model endpoint timed out on the {purpose} request after retries.")
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelError(f"Cannot reach the model endpoint for the {purpose} request.")
+    if isinstance(exc, openai.AuthenticationError):
+        return ModelError("The model endpoint rejected the API key (401).", retryable=False)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ModelError(f"The model endpoint returned a malformed response to the {purpose} request.")
+    status = getattr(exc, "status_code", None)
+    reason = server_reason(exc)
+    if (status is None or status in (400, 413, 422)) and is_context_overflow(exc):
+        return ContextOverflowError(
+            f"The model server refused the {purpose} prompt as larger than its context window: {reason}. "
+            f"Resuming repeats this refusal; instead {hint or 'shorten the text'}."
+        )
+    if status is None:  # an error event inside a streamed reply
+        return ModelError(f"The model endpoint reported an error during the {purpose} reply: {reason}.")
+    return ModelError(
+        f"The model endpoint answered HTTP {status} to the {purpose} request: {reason}.",
+        retryable=status >= 500 or status == 429,
+    )
+
+
+def is_context_overflow(exc: openai.APIError) -> bool:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    parts = [str(body.get(k) or "") for k in ("message", "type", "code")]
+    parts += [exc.message or "", exc.body if isinstance(exc.body, str) else ""]
+    text = " ".join(parts).lower()
+    return any(marker in text for marker in OVERFLOW_MARKERS)
+
+
+def server_reason(exc: openai.APIError) -> str:
+    """The model server's own explanation, sanitised: one line, no control characters, no credentials, bounded."""
+    body = exc.body
+    if isinstance(body, dict):
+        reason = str(body.get("message") or body.get("type") or body.get("code") or "")
+        # llama.cpp puts the numbers beside its message; keep them when the message does not spell them out
+        counts = {k: body[k] for k in ("n_prompt_tokens", "n_ctx") if isinstance(body.get(k), int)}
+        if counts and not all(str(v) in reason for v in counts.values()):
+            reason += " (" + ", ".join(f"{k}={v}" for k, v in counts.items()) + ")"
+    elif isinstance(body, str):
+        reason = body
+    else:
+        reason = re.sub(r"^Error code: \d+( - )?", "", exc.message or "")
+    return sanitise(reason) or "no reason given"
+
+
+def sanitise(text: str, limit: int = REASON_CHARS) -> str:
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # terminal colour codes
+    text = " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", text).split())
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    text = text.rstrip(".")
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _with_max_tokens_hint(hint: str, max_tokens: int | None) -> str:
+    if not max_tokens:
+        return hint
+    extra = f"a new query may also ask for a smaller sampling.max_tokens (this one asks for {max_tokens})"
+    return f"{hint}; {extra}" if hint else extra
+
+
+def _non_empty(text: str, purpose: str) -> str:
     if not text:
         raise ModelError(f"The model returned empty content for the {purpose} request.")
     return text

@@ -10,7 +10,7 @@ from redraft.graph.state import RedraftState, apply_run_log_events, current_text
 from redraft.nodes.context import context_of
 from redraft.nodes.critique import finish
 from redraft.nodes.gate import gate
-from redraft.nodes.model import complete
+from redraft.nodes.model import Reply, truncation_update
 from redraft.nodes.windows import revise_messages
 
 
@@ -30,18 +30,24 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
         events.append(event("edit_critique", index, len(slot["critique"]), text=decision["critique"].strip()))
         slot = apply_run_log_events(state["run_log"], [events])[-1]
     previous = current_text(slot)
+    iteration = len(slot["revision"]) + 1
     if decision["action"] == "replace":
-        text = decision["text"].strip()
+        reply = Reply(decision["text"].strip())
     else:
         companion = ctx.companion(state["run_config"]["companion"])
         messages = revise_messages(companion.prompts, slot, slot["critique"][-1])
-        text = await complete(ctx.models.get(slot["sampling"]), messages, "revision")
-    events.append(event("revision", index, len(slot["revision"]) + 1, text=text))
+        hint = "pass your own revision (revise with a text), or fork from this checkpoint with a shorter critique"
+        reply = await ctx.models.complete(slot["sampling"], messages, "revision", overflow_hint=hint)
+    text = reply.text
+    events.append(event("revision", index, iteration, text=text))
 
     score = similarity(previous, text)
-    iteration = len(slot["revision"]) + 1
     scores = [*scores_for(state, index), score]
-    update: dict = {"run_log": events, "scores": [{"slot": index, "iteration": iteration, "similarity": score}]}
+    update: dict = {
+        "run_log": events,
+        "scores": [{"slot": index, "iteration": iteration, "similarity": score}],
+        **truncation_update(reply, index, "revise", iteration),
+    }
     run_config = state["run_config"]
     stop = decide_after_revision(scores, iteration, run_config["similarity_threshold"], run_config["max_loops"])
     if stop:

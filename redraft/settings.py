@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     request_timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    # A reply cut at max_tokens (finish_reason=length): "retry" once with twice the room (then fail if still cut),
+    # "fail" at once with a clear model_error, or "accept" the cut text. Either way the step records it.
+    on_truncation: Literal["retry", "fail", "accept"] = "retry"
 
     # Defaults for every companion unless the companion or an override says otherwise.
     default_companion: str = "generic"

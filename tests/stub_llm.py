@@ -6,9 +6,10 @@ It recognises the node from the system prompt and answers deterministically:
 * critique: "Round k: ..." -- or the stop phrase from round ``critic_stop_round`` on;
 * revise:   the current text with ``changes(k)`` words altered, so similarity rises round by round.
 
-Faults (429 with Retry-After, 500, timeouts, malformed JSON, empty content) are queued with ``fail`` and consumed
-by the next matching requests. Every request is recorded (``requests``), so tests can assert on real prompts.
-Other processes configure it over HTTP: ``POST /_control`` and ``GET /_requests``.
+Faults (429 with Retry-After, 500, timeouts, malformed JSON, empty content, context overflow with a real server's
+error body, replies cut at max_tokens) are queued with ``fail`` and consumed by the next matching requests. Every
+request is recorded (``requests``, with its sampling parameters), so tests can assert on real prompts. Other
+processes configure it over HTTP: ``POST /_control`` and ``GET /_requests``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,42 @@ def answer(cfg: dict[str, Any], node: str, messages: list[dict]) -> str:
         options = [w for w in VOCAB if w != words[pos] and len(w) == len(words[pos])] or VOCAB
         words[pos] = options[(j + k) % len(options)]  # same length: the text neither grows nor shrinks
     return " ".join(words)
+
+
+# What real servers answer (HTTP 400) when the prompt does not fit their context window, verbatim in shape.
+OVERFLOW_BODIES: dict[str, dict] = {
+    "llama.cpp": {
+        "error": {
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": 2301,
+            "n_ctx": 2048,
+        }
+    },
+    "openai": {
+        "error": {
+            "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+            "131072 tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    },
+    "vllm": {  # not wrapped in "error"
+        "object": "error",
+        "message": "This model's maximum context length is 2048 tokens. However, you requested 2612 tokens (2356 in "
+        "the messages, 256 in the completion). Please reduce the length of the messages or completion.",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    },
+}
+
+
+def overflow_body(kind: Any) -> dict:
+    """A named server's body (True: llama.cpp's), or a dict used as the body itself."""
+    return kind if isinstance(kind, dict) else OVERFLOW_BODIES["llama.cpp" if kind is True else kind]
 
 
 DEFAULTS: dict[str, Any] = {
@@ -163,7 +200,9 @@ class StubLLM:
 
     def fail(self, *faults: dict) -> None:
         """Queue faults: {"status": 429, "retry_after": 0} | {"status": 500} | {"sleep": s} | {"malformed": True} |
-        {"empty": True}; each may carry "node" to hit only that node."""
+        {"empty": True} | {"context_overflow": True | "llama.cpp" | "openai" | "vllm" | body} (HTTP 400 with that
+        server's body; with "mid_stream": True a streamed request gets it as an SSE error event after HTTP 200) |
+        {"truncate": n} (the first n words, finish_reason "length"); each may carry "node" to hit only that node."""
         with self.lock:
             self.faults.extend(faults)
 
@@ -180,7 +219,11 @@ class StubLLM:
         messages = body.get("messages", [])
         node = node_of(messages)
         with self.lock:
-            self.requests.append({"node": node, "messages": messages, "stream": bool(body.get("stream"))})
+            keys = ("model", "temperature", "top_p", "seed", "max_tokens", "max_completion_tokens")
+            sampling = {k: body[k] for k in keys if k in body}
+            self.requests.append(
+                {"node": node, "messages": messages, "stream": bool(body.get("stream")), "sampling": sampling}
+            )
             fault = next((f for f in self.faults if f.get("node") in (None, node)), None)
             if fault is not None:
                 self.faults.remove(fault)
@@ -194,6 +237,13 @@ class StubLLM:
                 headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else {}
                 handler._json(fault["status"], {"error": {"message": "injected", "type": "stub"}}, headers)
                 return
+            elif fault.get("context_overflow"):
+                error = overflow_body(fault["context_overflow"])
+                if fault.get("mid_stream") and body.get("stream"):
+                    self._stream(handler, body.get("model", "stub"), "", error=error.get("error", error))
+                else:
+                    handler._json(400, error)
+                return
             elif fault.get("malformed"):
                 raw = b'{"id": "x", "choices": [{"message": {"content": '
                 handler.send_response(200)
@@ -203,9 +253,12 @@ class StubLLM:
                 handler.wfile.write(raw)
                 return
         content = "" if fault is not None and fault.get("empty") else self.answer(node, messages)
+        finish = "stop"
+        if fault is not None and "truncate" in fault:
+            content, finish = " ".join(content.split()[: fault["truncate"]]), "length"
         model = body.get("model", "stub")
         if body.get("stream"):
-            self._stream(handler, model, content)
+            self._stream(handler, model, content, finish)
             return
         handler._json(
             200,
@@ -215,14 +268,16 @@ class StubLLM:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
                 ],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
         )
 
     @staticmethod
-    def _stream(handler: BaseHTTPRequestHandler, model: str, content: str) -> None:
+    def _stream(
+        handler: BaseHTTPRequestHandler, model: str, content: str, finish: str = "stop", error: dict | None = None
+    ) -> None:
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
         handler.send_header("connection", "close")
@@ -238,12 +293,17 @@ class StubLLM:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
             }
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if error is not None:  # how a server reports a failure after it has started streaming
+            handler.wfile.write(f"data: {json.dumps({'error': error})}\n\n".encode())
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
         end = {
             "id": "s",
             "object": "chat.completion.chunk",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
         }
         handler.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
         handler.wfile.flush()
