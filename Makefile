@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)  ## MCP server over stdio on the embedded SQLite database (see README for HTTP)
 	@$(BIN)/redraft serve $(ARGS)
 
+# The suite runs in parallel (pytest-xdist): the fault tests spend most of their time waiting on stalls and leases.
+JOBS ?= 2
 test: $(STAMP)  ## the whole test suite (PostgreSQL tests fail, never skip, when CI=true)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) $(ARGS)
 
 bench: $(STAMP)  ## benchmarks: prints a table and writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
