@@ -48,9 +48,11 @@ FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("redraft_fe
 
 
 def lease_lost(thread_id: str) -> LeaseLostError:
+    session, _, companion = thread_id.partition(":")  # thread ids are "<session>:<companion>"
+    where = f"session {session} ({companion})" if companion else f"thread {thread_id}"
     return LeaseLostError(
-        "This step lost its lease on the thread (the database was unreachable for longer than the lease, or another "
-        "replica took the thread over); nothing it computed was committed. Call resume to continue from the last "
+        f"This step lost its lease on {where}: the database was unreachable for longer than the lease, or another "
+        "replica took the thread over. Nothing it computed was committed; call resume to continue from the last "
         "checkpoint.",
         thread_id=thread_id,
     )
