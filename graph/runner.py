@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import StateSnapshot
 
 from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
 from redraft.graph.builder import build_graph
@@ -23,7 +23,7 @@ from redraft.graph.convergence import report
 from redraft.graph.database import storage_error
 from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_for, versions
 from redraft.nodes.context import RedraftContext
-from redraft.nodes.gate import validate_decision
+from redraft.nodes.gate import answer_for, validate_decision
 from redraft.nodes.model import ModelProvider, effective_sampling
 from redraft.settings import Settings
 
@@ -62,10 +62,28 @@ def _with_total(on_step: StepCallback | None, total: int) -> StepCallback | None
 
 
 def pending_gate(snapshot: StateSnapshot | RunEnd) -> dict | None:
-    for item in snapshot.interrupts or ():
+    """The step-mode gate the thread is paused at. A task that already finished (its result saved before a crash, not
+    yet checkpointed) waits for nothing, even if it paused at its gate on an earlier attempt."""
+    tasks = getattr(snapshot, "tasks", None)
+    if tasks:
+        items: Any = [item for task in tasks if task.result is None for item in task.interrupts]
+    else:
+        items = snapshot.interrupts or ()
+    for item in items:
         if isinstance(item.value, dict) and "gate" in item.value:
             return item.value
     return None
+
+
+def _same_query(state: dict, graph_input: dict) -> bool:
+    """Whether ``graph_input`` opens exactly the current slot again: same query, companion, sampling and settings."""
+    slot, opened = (state.get("run_log") or [None])[-1], graph_input["run_log"][0]
+    keys = ("query", "variant", "sampling")
+    return (
+        slot is not None
+        and all(slot[k] == opened[k] for k in keys)
+        and state.get("run_config") == graph_input["run_config"]
+    )
 
 
 class Runner:
@@ -148,8 +166,9 @@ class Runner:
         on_step: StepCallback | None = None,
         on_token: TokenCallback | None = None,
         checkpoint_id: str | None = None,
+        answer: dict | None = None,
     ) -> RunEnd | None:
-        context = RedraftContext(settings=self.settings, models=self.models, stepwise=stepwise)
+        context = RedraftContext(settings=self.settings, models=self.models, stepwise=stepwise, answer=answer)
         modes = ["updates", "checkpoints", "messages"] if on_token else ["updates", "checkpoints"]
         last: dict | None = None
         interrupts: tuple = ()
@@ -189,15 +208,38 @@ class Runner:
         return describe(thread_id, end) if end is not None else await self.status(thread_id)
 
     async def _advance(self, thread_id: str, gate_name: str, decision: dict, snap: StateSnapshot) -> RunEnd | None:
-        """Run exactly the gated node ``gate_name`` with ``decision``; stop at the next gate."""
-        for attempt in range(2):
-            gate = pending_gate(snap if attempt == 0 else await self.snapshot(thread_id))
-            if gate is not None and gate["gate"] == gate_name:
-                return await self._run(thread_id, Command(resume=decision), stepwise=True)
-            if gate is not None:
-                raise PhaseError(f"The thread is waiting for a {gate['gate']} decision, not {gate_name}.")
-            await self._run(thread_id, None, stepwise=True)  # reach the gate; nothing is done before it
-        raise PhaseError(f"The thread did not reach the {gate_name} step.")
+        """Run exactly the gated node ``gate_name`` with ``decision``; stop at the next gate.
+
+        The decision goes to the node in the run's context, addressed to this gate's slot and round, so it is the one
+        the node sees even when an earlier attempt at the gate failed (nodes/gate.py)."""
+        gate = pending_gate(snap)
+        if gate is not None and gate["gate"] != gate_name:
+            raise PhaseError(f"The thread is waiting for a {gate['gate']} decision, not {gate_name}.")
+        self._require_open_step(snap, gate_name)
+        return await self._run(thread_id, None, stepwise=True, answer=answer_for(gate_name, snap.values, decision))
+
+    @staticmethod
+    def _require_open_step(snap: StateSnapshot, gate_name: str) -> None:
+        """Refuse a decision for a step that will not run: not next, or already finished (its result was saved just
+        before a crash, and resuming applies it)."""
+        if gate_name not in (snap.next or ()):
+            raise PhaseError(f"The thread is not at the {gate_name} step: call resume.")
+        if any(task.name == gate_name and task.result is not None for task in snap.tasks or ()):
+            raise PhaseError(
+                f"The {gate_name} step already ran (its result was saved before an interruption): "
+                "call resume without a decision to apply it."
+            )
+
+    def _checked_decision(self, gate_name: str, decision: Any) -> dict:
+        """A valid decision for ``gate_name``, its texts held to the same limits as the step tools' texts."""
+        decision = dict(validate_decision(gate_name, decision))
+        limit = self.settings.max_text_chars
+        if decision["action"] == "replace":
+            what = "critique" if gate_name == "critique" else "revision"
+            decision["text"] = self.check_text(decision["text"], what, limit)
+        elif decision["action"] == "edit":
+            decision["critique"] = self.check_text(decision["critique"], "critique", limit)
+        return decision
 
     # --- step operations ------------------------------------------------------------------------------------------
 
@@ -205,13 +247,15 @@ class Runner:
         graph_input = self.open_input(self.companion(companion), query, **options)
         async with self.persistence.db.thread_lock(thread_id):
             state = (await self.snapshot(thread_id)).values
-            if phase_of(state) not in ("empty", "done"):
+            retry = phase_of(state) == "needs_draft" and _same_query(state, graph_input)
+            if phase_of(state) not in ("empty", "done") and not retry:
                 raise PhaseError(
                     f"The current query is not finished (phase {phase_of(state)!r}); "
                     "finish it with refine (or end the session) before drafting a new one."
                 )
             graph_input["run_log"][0]["slot"] = len(state.get("run_log") or [])
-            end = await self._run(thread_id, graph_input, stepwise=True)
+            # a retry of a draft call that failed (say, a model error) writes the pending draft and opens nothing
+            end = await self._run(thread_id, None if retry else graph_input, stepwise=True)
         return await self._view(thread_id, end)
 
     async def critique(self, thread_id: str, text: str | None = None) -> dict:
@@ -306,13 +350,15 @@ class Runner:
                 raise PhaseError("Nothing to resume: the thread is not stopped mid-run.")
             gate = pending_gate(snap)
             stepwise = (snap.values.get("run_config") or {}).get("mode") == "step"
+            answer = None
             if gate is not None:
-                graph_input: Any = Command(resume=validate_decision(gate["gate"], decision))
+                # the gated node runs with this decision (approve by default), in step and auto mode alike; an auto
+                # run then carries on without gates
+                self._require_open_step(snap, gate["gate"])
+                answer = answer_for(gate["gate"], snap.values, self._checked_decision(gate["gate"], decision))
             elif decision is not None:
                 raise InvalidInputError("The thread is not waiting for a decision; call resume without one.")
-            else:
-                graph_input = None
-            end = await self._run(thread_id, graph_input, stepwise=stepwise, on_step=on_step)
+            end = await self._run(thread_id, None, stepwise=stepwise, on_step=on_step, answer=answer)
         return await self._view(thread_id, end)
 
     # --- reading --------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ class RedraftContext:
     models: ModelProvider | None = None
     # True: critique and revise pause (LangGraph interrupt) before doing anything, for step tools and "step" mode.
     stepwise: bool = False
+    # A human decision for exactly one gate of this run: {"gate", "slot", "round", "decision"} (see nodes/gate.py).
+    answer: dict | None = None
 
     def __post_init__(self) -> None:
         if self.models is None:

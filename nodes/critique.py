@@ -38,7 +38,7 @@ async def critique(state: RedraftState, runtime: Runtime) -> dict:
     index = len(state["run_log"]) - 1
     slot = state["run_log"][index]
     decision = gate(
-        ctx.stepwise,
+        ctx,
         "critique",
         {"slot": index, "round": len(slot["critique"]) + 1, "text": current_text(slot)},
     )

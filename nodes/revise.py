@@ -21,7 +21,7 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
     index = len(state["run_log"]) - 1
     slot = state["run_log"][index]
     decision = gate(
-        ctx.stepwise,
+        ctx,
         "revise",
         {"slot": index, "round": len(slot["revision"]) + 1, "critique": slot["critique"][-1]},
     )

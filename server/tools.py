@@ -156,7 +156,9 @@ def register_tools(mcp: FastMCP, app) -> None:
         ctx: Context,
         session_id: SessionId,
         companion: CompanionName = "generic",
-        decision: Annotated[Decision | None, Field(description="Answer to a pending step-mode gate.")] = None,
+        decision: Annotated[
+            Decision | None, Field(description="Answer to the thread's `pending_gate`: that step runs with it.")
+        ] = None,
     ) -> ThreadView:
         """Continue a thread stopped by a crash, an error or a step-mode gate, from its last checkpoint. Completed
         steps are never repeated."""
