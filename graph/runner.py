@@ -18,6 +18,7 @@ from langgraph.types import StateSnapshot
 from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
 from redraft.graph.builder import build_graph
 from redraft.graph.checkpointer import Persistence
+from redraft.graph.clock import order_after
 from redraft.graph.companions import Companion, get_companion
 from redraft.graph.convergence import report
 from redraft.graph.database import storage_error
@@ -107,11 +108,14 @@ class Runner:
 
     async def snapshot(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
         try:
-            return await self.graph.aget_state(self.config(thread_id, checkpoint_id))
+            snap = await self.graph.aget_state(self.config(thread_id, checkpoint_id))
         except RedraftError:
             raise
         except Exception as exc:
             raise storage_error(exc) from None
+        if checkpoint_id is None:  # the head: whatever this process writes next must sort after it (graph/clock.py)
+            order_after((snap.config or {}).get("configurable", {}).get("checkpoint_id"))
+        return snap
 
     def check_text(self, text: str | None, what: str, limit: int) -> str:
         if not isinstance(text, str) or not text.strip():

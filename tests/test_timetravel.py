@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import pytest
 
 from redraft.errors import CheckpointNotFoundError, ConflictError, InvalidInputError, PhaseError
@@ -161,3 +164,97 @@ async def test_step_mode_gates_approve_edit_replace(runner, stub):
     assert state["stop_reason"] == "max_loops" and len(state["slot"]["revision"]) == 3
     with pytest.raises(PhaseError, match="Nothing to resume"):
         await runner.resume(thread)
+
+
+async def _assert_history_matches_state(runner, thread) -> list[dict]:
+    entries = (await tt.history(runner, thread, limit=200))["checkpoints"]
+    for entry in entries:
+        state = await tt.state_at(runner, thread, entry["checkpoint_id"])
+        slot = state["slot"]
+        assert (entry["phase"], entry["slot"], entry["stop_reason"], entry["branch"]) == (
+            state["phase"],
+            state["slot_index"],
+            state["stop_reason"],
+            state["branch"],
+        ), entry
+        if slot:
+            assert (entry["critiques"], entry["revisions"]) == (len(slot["critique"]), len(slot["revision"])), entry
+    return entries
+
+
+async def test_history_labels_forks_at_the_head_replays_and_second_queries_as_state_at_does(runner, stub):
+    stub.configure(changes=[30])
+    thread = new_thread()
+    await runner.draft(thread, "generic", "Fork me at the head.")
+    head = (await runner.critique(thread))["checkpoint_id"]
+    await tt.fork(runner, thread, head, critique="Round 1: a human's critique.")  # LangGraph stores it on the parent
+    entries = await _assert_history_matches_state(runner, thread)
+    assert entries[0]["source"] == "update" and entries[0]["node"] == "critique" and entries[0]["edited"]
+    assert entries[0]["phase"] == "needs_revision" and (entries[0]["critiques"], entries[0]["revisions"]) == (1, 0)
+
+    await runner.refine(thread, "generic")
+    await runner.refine(thread, "generic", "A second query.", max_loops=1)
+    entries = await _assert_history_matches_state(runner, thread)
+    second_input = next(e for e in entries if e["source"] == "input" and e["parent_id"])
+    assert second_input["phase"] == "done" and second_input["slot"] == 0 and second_input["node"] == "start"
+
+    drafted = next(e for e in entries if e["node"] == "draft" and e["slot"] == 1)
+    await tt.replay(runner, thread, drafted["checkpoint_id"])
+    entries = await _assert_history_matches_state(runner, thread)
+    copy = next(e for e in entries if e["source"] == "fork")
+    assert copy["node"] == "replay" and copy["phase"] == "ready_to_critique" and copy["critiques"] == 0
+    # so a fork there is refused for the reason the state gives, not the label
+    with pytest.raises(PhaseError, match="no pending critique"):
+        await tt.fork(runner, thread, copy["checkpoint_id"], critique="x")
+
+
+@pytest.fixture
+def slow_replica(monkeypatch):
+    """This process becomes a replica whose clock is an hour behind, with a fresh checkpoint-id clock."""
+    from langgraph.checkpoint.base import id as ids
+
+    real = time.time_ns
+    monkeypatch.setattr(ids, "time", SimpleNamespace(time_ns=lambda: real() - 3600 * 10**9))
+    monkeypatch.setattr(ids, "_last_v6_timestamp", None)
+
+
+async def test_a_fork_on_a_replica_whose_clock_is_behind_becomes_the_head(runner, stub, request):
+    thread = await _finished_thread(runner, stub)
+    entries = (await tt.history(runner, thread, limit=50))["checkpoints"]
+    old_head = entries[0]["checkpoint_id"]
+    at = next(e for e in entries if e["node"] == "critique" and e["critiques"] == 2)
+    request.getfixturevalue("slow_replica")
+    forked = await tt.fork(runner, thread, at["checkpoint_id"], critique="Round 2: from the slow replica.")
+    assert forked["checkpoint_id"] > old_head  # sorts after the head, whatever the clock said
+    assert forked["phase"] == "needs_revision" and forked["slot"]["critique"][-1] == "Round 2: from the slow replica."
+    page = await tt.history(runner, thread, limit=50)
+    assert page["head"] == forked["checkpoint_id"] == page["checkpoints"][0]["checkpoint_id"]
+    final = await runner.refine(thread, "generic")  # the run continues from the fork, still on the slow clock
+    assert final["slot"]["critique"][1] == "Round 2: from the slow replica." and final["stop_reason"] == "max_loops"
+    assert (await runner.status(thread))["checkpoint_id"] == final["checkpoint_id"]
+    await _assert_history_matches_state(runner, thread)
+
+
+async def test_a_replay_on_a_replica_whose_clock_is_behind_becomes_the_head(runner, stub, request):
+    thread = await _finished_thread(runner, stub, loops=2)
+    entries = (await tt.history(runner, thread, limit=50))["checkpoints"]
+    at = next(e for e in entries if e["node"] == "draft")
+    request.getfixturevalue("slow_replica")
+    stub.configure(changes=[0])  # the replayed revision converges at once
+    replayed = await tt.replay(runner, thread, at["checkpoint_id"])
+    assert replayed["stop_reason"] == "converged"
+    status = await runner.status(thread)
+    assert status["checkpoint_id"] == replayed["checkpoint_id"] and status["stop_reason"] == "converged"
+    assert (await tt.history(runner, thread, limit=1))["head"] == replayed["checkpoint_id"]
+
+
+def test_ids_made_after_order_after_sort_after_the_given_id():
+    from langgraph.checkpoint.base.id import uuid6
+
+    from redraft.graph.clock import order_after
+
+    future = str(uuid6(clock_seq=0)).replace(str(uuid6(clock_seq=0))[:4], "ffff", 1)  # a controlled id, far ahead
+    order_after(future)
+    assert str(uuid6(clock_seq=-2)) > future and str(uuid6(clock_seq=5)) > future
+    order_after("not-a-uuid")  # ignored
+    order_after(None)
