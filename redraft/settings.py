@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # Sessions.
     session_ttl_seconds: float = Field(default=1800.0, gt=0)
     max_sessions: int = Field(default=10_000, ge=1)
+    # MCP transport sessions over HTTP (2025-era clients' `initialize`; not redraft sessions): one idle this long
+    # expires, and at the cap the least recently used idle one is evicted for a newcomer. ~40 KB each.
+    transport_session_idle_seconds: float = Field(default=600.0, gt=0, le=86_400)
+    max_transport_sessions: int = Field(default=1000, ge=1, le=1_000_000)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     # A step holds a lease on its thread; if the process dies the lease lapses after this many seconds.
     lease_ttl_seconds: float = Field(default=10.0, gt=0)

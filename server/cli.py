@@ -119,20 +119,9 @@ def serve(
     if transport == "stdio":
         execute(lambda: mcp.run_stdio_async(show_banner=False))
     elif transport == "http":
-        protection = {"auto": "auto", "strict": True, "off": False}[settings.host_origin_protection]
-        execute(
-            lambda: mcp.run_http_async(
-                show_banner=False,
-                transport="http",
-                host=host or settings.host,
-                port=port if port is not None else settings.port,
-                path="/mcp",
-                log_level=settings.log_level.lower(),
-                host_origin_protection=protection,
-                allowed_hosts=settings.allowed_hosts or None,
-                allowed_origins=settings.allowed_origins or None,
-            )
-        )
+        from redraft.server.http import serve_http
+
+        execute(lambda: serve_http(mcp, settings, host or settings.host, port if port is not None else settings.port))
     else:
         err.print(f"[bold red]error:[/] unknown transport {transport!r}: use stdio or http")
         raise typer.Exit(2)

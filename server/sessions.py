@@ -4,18 +4,22 @@ A session lives in the ``redraft_sessions`` table beside the checkpoints, so any
 can serve it; nothing about it is cached in a process. Its threads are one LangGraph thread per
 (session, companion type). Sessions are owned by the authenticated principal (FastMCP's ``current_principal``):
 another principal's id fails exactly like an unknown id. Without auth every caller is the ``anon`` principal and a
-session id is a bearer capability (uuid4, unguessable).
+session id is a bearer capability (uuid4, unguessable): over HTTP, ``list_sessions`` then shows only the sessions
+the caller names (``may_list_all``). ``max_sessions`` caps the table: at the cap ``create`` fails with
+``session_limit`` (retryable) once expired sessions have been swept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 
+from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.sessions import current_principal
 
-from redraft.errors import InvalidInputError, SessionNotFoundError
+from redraft.errors import InvalidInputError, SessionLimitError, SessionNotFoundError
 from redraft.graph.companions import COMPANION_MAP
 from redraft.graph.database import Database
 from redraft.graph.runner import thread_id_for
@@ -27,13 +31,35 @@ def principal_key() -> str:
     return "anon" if principal is None else hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _valid_id(session_id: object) -> str:
+def _canonical(session_id: object) -> str | None:
+    """The canonical form of a session id, or None if it cannot be one."""
     if not isinstance(session_id, str) or not session_id:
-        raise SessionNotFoundError()
+        return None
     try:
         return str(uuid.UUID(session_id))
     except ValueError:
-        raise SessionNotFoundError() from None
+        return None
+
+
+def _valid_id(session_id: object) -> str:
+    canonical = _canonical(session_id)
+    if canonical is None:
+        raise SessionNotFoundError()
+    return canonical
+
+
+def may_list_all() -> bool:
+    """Whether the caller may list every session of its principal. An authenticated principal may, and so may a
+    local caller (stdio, the CLI, an in-process client: one user). An unauthenticated HTTP caller may not: every
+    such caller is the same ``anon`` principal, so the listing would hand it every other client's ids; it sees
+    only the sessions it names."""
+    if current_principal() is not None:
+        return True
+    try:
+        get_http_request()
+    except RuntimeError:
+        return True
+    return False
 
 
 class SessionStore:
@@ -44,15 +70,37 @@ class SessionStore:
         self.max_sessions = max_sessions
 
     async def create(self, principal: str) -> dict:
+        """A new session, while the table holds fewer than ``max_sessions`` rows. At the cap, expired sessions are
+        swept first; if every row is still live, ``SessionLimitError`` says when the oldest idle one expires."""
         session_id = str(uuid.uuid4())
         now = time.time()
-        await self.db.execute(
-            "INSERT INTO redraft_sessions (session_id, principal, created_at, last_accessed) VALUES (?, ?, ?, ?)",
-            (session_id, principal, now, now),
-        )
-        if await self.count() > self.max_sessions:  # opportunistic sweep past the mark
+        if not await self._insert_below_cap(session_id, principal, now):
             await self.sweep()
+            now = time.time()
+            if not await self._insert_below_cap(session_id, principal, now):
+                raise SessionLimitError(await self._limit_message(now))
         return {"session_id": session_id, "created_at": now, "expires_after_idle_s": self.ttl}
+
+    async def _insert_below_cap(self, session_id: str, principal: str, now: float) -> bool:
+        # one statement, so exact on SQLite (one connection). On PostgreSQL, creates racing on separate connections
+        # may each take the last free row: the table can exceed the cap by at most the number of such racers.
+        return (
+            await self.db.execute(
+                "INSERT INTO redraft_sessions (session_id, principal, created_at, last_accessed) "
+                "SELECT ?, ?, ?, ? WHERE (SELECT count(*) FROM redraft_sessions) < ?",
+                (session_id, principal, now, now, self.max_sessions),
+            )
+            == 1
+        )
+
+    async def _limit_message(self, now: float) -> str:
+        row = await self.db.fetchone("SELECT min(last_accessed) AS oldest FROM redraft_sessions")
+        oldest = row["oldest"] if row and row["oldest"] is not None else now
+        wait = max(1, math.ceil(oldest + self.ttl - now))
+        return (
+            f"All {self.max_sessions} sessions are live (REDRAFT_MAX_SESSIONS). Retry in about {wait} s, when the "
+            "oldest idle session expires, or end a session you no longer need."
+        )
 
     async def touch(self, principal: str, session_id: str) -> str:
         """Validate ownership and liveness, record the access, return the canonical id."""
@@ -86,19 +134,35 @@ class SessionStore:
         await self.db.execute("DELETE FROM redraft_sessions WHERE session_id = ?", (session_id,))
         return {"session_id": session_id, "ended": True, "threads_deleted": deleted}
 
-    async def list(self, principal: str, limit: int = 100) -> list[dict]:
+    async def list(self, principal: str, limit: int = 100, session_ids: list[str] | None = None) -> list[dict]:
+        """The principal's live sessions, most recently used first; only those among ``session_ids`` when given."""
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInputError("limit must be an integer from 1 to 1000.")
-        rows = await self.db.fetchall(
+        sql = (
             "SELECT session_id, created_at, last_accessed FROM redraft_sessions "
-            "WHERE principal = ? AND last_accessed >= ? ORDER BY last_accessed DESC LIMIT ?",
-            (principal, time.time() - self.ttl, limit),
+            "WHERE principal = ? AND last_accessed >= ?"
         )
+        params: tuple = (principal, time.time() - self.ttl)
+        if session_ids is not None:
+            if not isinstance(session_ids, list) or len(session_ids) > 1000:
+                raise InvalidInputError("session_ids must be a list of at most 1000 session ids.")
+            wanted = sorted({sid for sid in map(_canonical, session_ids) if sid is not None})
+            if not wanted:
+                return []
+            sql += f" AND session_id IN ({', '.join('?' * len(wanted))})"
+            params += tuple(wanted)
+        rows = await self.db.fetchall(sql + " ORDER BY last_accessed DESC LIMIT ?", (*params, limit))
         return [{**row, "expires_at": row["last_accessed"] + self.ttl} for row in rows]
 
-    async def count(self) -> int:
-        row = await self.db.fetchone("SELECT count(*) AS n FROM redraft_sessions")
-        return int(row["n"]) if row else 0
+    async def visible(self, principal: str, limit: int = 100, session_ids: list[str] | None = None) -> list[dict]:
+        """``list_sessions``: the caller's live sessions, or the live ones among ``session_ids``. A caller that may
+        not list everything (``may_list_all``) must name the sessions it asks about."""
+        if session_ids is None and not may_list_all():
+            raise InvalidInputError(
+                "Over HTTP without authentication every client is the same anonymous caller, so list_sessions reports "
+                "only the sessions you name: pass session_ids. With auth, each principal lists its own sessions."
+            )
+        return await self.list(principal, limit, session_ids)
 
     async def sweep(self) -> int:
         """Delete every session idle past the TTL, with its threads and checkpoints. Safe to run from any process."""
