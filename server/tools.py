@@ -79,9 +79,16 @@ def register_tools(mcp: FastMCP, app) -> None:
 
     @mcp.tool(annotations={"readOnlyHint": True})
     @guard()
-    async def list_sessions(limit: Annotated[int, Field(ge=1, le=1000)] = 100) -> SessionList:
-        """Your live sessions, most recently used first."""
-        rows = await app.sessions.list(principal_key(), limit)
+    async def list_sessions(
+        limit: Annotated[int, Field(ge=1, le=1000)] = 100,
+        session_ids: Annotated[
+            list[Annotated[str, Field(max_length=64)]] | None,
+            Field(max_length=1000, description="Only these sessions: the live ones among them."),
+        ] = None,
+    ) -> SessionList:
+        """Your live sessions, most recently used first. Over HTTP without auth every client is the same anonymous
+        caller, so only the sessions you name in session_ids are reported."""
+        rows = await app.sessions.visible(principal_key(), limit, session_ids)
         return SessionList(sessions=[SessionSummary(**row) for row in rows])
 
     @mcp.tool(annotations={"readOnlyHint": True})

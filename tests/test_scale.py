@@ -29,7 +29,8 @@ async def test_two_servers_share_sessions_stats_and_serialise_steps(pg_url, stub
             await ca.call_tool("revise", {"session_id": sid, "companion": "essay"})
             r = await cb.call_tool("refine", {"session_id": sid, "companion": "essay"})
             assert r.structured_content["phase"] == "done"
-            listed = (await ca.call_tool("list_sessions", {})).structured_content["sessions"]
+            # without auth over HTTP, a client lists only the sessions it names
+            listed = (await ca.call_tool("list_sessions", {"session_ids": [sid]})).structured_content["sessions"]
             assert sid in [s["session_id"] for s in listed]
 
             # stats recorded by one process are read by the other
