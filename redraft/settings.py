@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=default_database_url)
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=10, ge=1)
+    # Database timeouts (seconds): opening a connection, any one database call (client- and server-side), and
+    # waiting for a free pooled connection. A stalled network ends in a storage_error within these, never a hang.
+    db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    db_statement_timeout: float = Field(default=30.0, gt=0, le=3600)
+    db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
 
     # The model: any OpenAI-compatible endpoint.
     model: str = "gpt-4o-mini"
