@@ -180,7 +180,15 @@ async def ask(model: Runnable, messages: list[BaseMessage], purpose: str, hint: 
     """One chat completion: its text and finish_reason (streamed or not). Every failure becomes a ``ModelError``
     without secrets in it."""
     try:
-        reply = await model.ainvoke(messages)
+        try:
+            reply = await model.ainvoke(messages)
+        except ValueError as exc:
+            if "No generations found in stream" not in str(exc):
+                raise
+            # llama-cpp-python answers a streamed request it cannot serve (a prompt over its context window) with
+            # HTTP 200 and an empty event stream, keeping the reason in its own log; unstreamed, the same request
+            # gets the reason (or, if it was a glitch, the reply).
+            reply = await model.ainvoke(messages, stream=False)
     except openai.APIError as exc:
         raise model_error(exc, purpose, hint) from None
     except (json.JSONDecodeError, httpx.DecodingError, KeyError, TypeError):

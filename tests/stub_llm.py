@@ -93,6 +93,15 @@ OVERFLOW_BODIES: dict[str, dict] = {
             "code": "context_length_exceeded",
         }
     },
+    "llama-cpp-python": {  # as SmolLM2-135M on llama-cpp-python 0.3.36 (n_ctx 2048) answered a 2,500-word query
+        "error": {
+            "message": "This model's maximum context length is 2048 tokens. However, you requested 2531 tokens (2531 "
+            "in the messages, None in the completion). Please reduce the length of the messages or completion.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    },
     "vllm": {  # not wrapped in "error"
         "object": "error",
         "message": "This model's maximum context length is 2048 tokens. However, you requested 2612 tokens (2356 in "
@@ -200,8 +209,9 @@ class StubLLM:
 
     def fail(self, *faults: dict) -> None:
         """Queue faults: {"status": 429, "retry_after": 0} | {"status": 500} | {"sleep": s} | {"malformed": True} |
-        {"empty": True} | {"context_overflow": True | "llama.cpp" | "openai" | "vllm" | body} (HTTP 400 with that
-        server's body; with "mid_stream": True a streamed request gets it as an SSE error event after HTTP 200) |
+        {"empty": True} | {"context_overflow": True | "llama.cpp" | "llama-cpp-python" | "openai" | "vllm" | body} (HTTP
+        400 with that server's body; with "mid_stream": True a streamed request gets it as an SSE error event after
+        HTTP 200, with "empty_stream": True an empty event stream, as llama-cpp-python does) |
         {"truncate": n} (the first n words, finish_reason "length"); each may carry "node" to hit only that node."""
         with self.lock:
             self.faults.extend(faults)
@@ -241,6 +251,8 @@ class StubLLM:
                 error = overflow_body(fault["context_overflow"])
                 if fault.get("mid_stream") and body.get("stream"):
                     self._stream(handler, body.get("model", "stub"), "", error=error.get("error", error))
+                elif fault.get("empty_stream") and body.get("stream"):
+                    self._empty_stream(handler)
                 else:
                     handler._json(400, error)
                 return
@@ -273,6 +285,16 @@ class StubLLM:
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
         )
+
+    @staticmethod
+    def _empty_stream(handler: BaseHTTPRequestHandler) -> None:
+        """What llama-cpp-python sends for a streamed request over its context window: HTTP 200, no events at all."""
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("connection", "close")
+        handler.end_headers()
+        handler.wfile.flush()
+        handler.close_connection = True
 
     @staticmethod
     def _stream(

@@ -95,6 +95,27 @@ async def test_overflow_reported_inside_a_stream_is_context_overflow(tmp_path, s
         assert state["phase"] == "needs_revision" and state["slot"]["revision"] == []
 
 
+async def test_overflow_behind_an_empty_stream_gets_the_servers_reason(tmp_path, stub):
+    """llama-cpp-python answers a streamed request over its context window with HTTP 200 and no events at all; the
+    same request unstreamed gets its reason."""
+    settings = make_settings(str(tmp_path / "e.sqlite"), stub)
+
+    async def on_token(node: str, text: str) -> None:
+        pass
+
+    async with open_persistence(settings) as p:
+        runner, thread = Runner(p, settings), new_thread()
+        fault = {"context_overflow": "llama-cpp-python", "empty_stream": True, "node": "draft"}
+        stub.fail(fault, fault)
+        with pytest.raises(ContextOverflowError, match=r"maximum context length is 2048 tokens\. However, you"):
+            await runner.refine(thread, "generic", "word " * 2500, on_token=on_token)
+        assert [r["stream"] for r in stub.requests] == [True, False]
+
+        stub.fail({"context_overflow": True, "empty_stream": True, "node": "draft"})  # a one-off empty stream
+        done = await runner.refine(new_thread(), "generic", "Glitch once.", on_token=on_token, max_loops=1)
+        assert done["phase"] == "done" and done["slot"]["draft"]
+
+
 async def test_overflow_reason_is_sanitised_and_bounded(tmp_path, stub):
     body = {
         "error": {
