@@ -3,6 +3,10 @@
 ``guard`` turns a ``RedraftError`` into the MCP error a client sees: ``"<code>: <message>"`` (plus ``retryable``
 when it is). Anything unexpected is logged server-side and reaches the client as a generic message: internals,
 DSNs and keys never leave the process.
+
+Logging: an expected error (any ``RedraftError``, a refused argument) is one log line with its code, no traceback;
+an unexpected one keeps its traceback. The errors raised here carry ``log_level=NOTSET``, which FastMCP's own
+"Error calling tool" / "Error reading resource" lines never log at, so the line written here is the only one.
 """
 
 from __future__ import annotations
@@ -11,21 +15,59 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from fastmcp.exceptions import FastMCPError, ToolError
+from fastmcp.exceptions import FastMCPError, MCPError, ResourceError, ToolError, ValidationError
 from fastmcp.server.middleware import Middleware, MiddlewareContext
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
+from pydantic import ValidationError as PydanticValidationError
 
-from redraft.errors import RedraftError
+from redraft.errors import RedraftError, StorageError
 from redraft.server.sessions import principal_key
 
 log = logging.getLogger("redraft.server")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# MCP's "resource not found" (2025-06-18 and earlier); invalid params is JSON-RPC's -32602.
+RESOURCE_NOT_FOUND = -32002
+NOT_FOUND_CODES = {"not_found", "invalid_session", "unknown_companion", "checkpoint_not_found"}
+# Codes that say the server or its environment failed (worth an operator's WARNING), not the caller's request.
+SERVER_SIDE_CODES = {"storage_error", "model_error", "context_overflow", "lease_lost", "unsafe_payload"}
+STORAGE_MODULES = {"psycopg", "psycopg_pool", "sqlite3", "aiosqlite"}
+INTERNAL = "internal_error: the server failed unexpectedly; nothing was changed."
+
 
 def error_text(exc: RedraftError) -> str:
     return f"{exc.code}: {exc.message}" + (" (retryable)" if exc.retryable else "")
+
+
+class ResourceFailure(ResourceError, MCPError):
+    """A failed resource read with an MCP error code. FastMCP passes an ``MCPError``'s code to the client unchanged
+    (resources have no error-result shape); as a ``ResourceError`` it logs at ``log_level``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        MCPError.__init__(self, code, message)
+        self.log_level = logging.NOTSET
+
+
+def _refusal(kind: type[FastMCPError], code: str | None, text: str) -> FastMCPError:
+    if issubclass(kind, ResourceError):
+        number = RESOURCE_NOT_FOUND if code in NOT_FOUND_CODES else INVALID_PARAMS
+        return ResourceFailure(INTERNAL_ERROR if code is None or code in SERVER_SIDE_CODES else number, text)
+    return kind(text, log_level=logging.NOTSET)
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    """A database driver's exception (or one raised from it) that nothing translated into a ``StorageError``."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__module__.split(".", 1)[0] in STORAGE_MODULES:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def guard(kind: type[FastMCPError] = ToolError) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
@@ -35,16 +77,78 @@ def guard(kind: type[FastMCPError] = ToolError) -> Callable[[Callable[P, Awaitab
             try:
                 return await fn(*args, **kwargs)
             except RedraftError as exc:
-                raise kind(error_text(exc)) from None
+                text = error_text(exc)
+                log.log(logging.WARNING if exc.code in SERVER_SIDE_CODES else logging.INFO, "%s: %s", fn.__name__, text)
+                raise _refusal(kind, exc.code, text) from None
             except FastMCPError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if _storage_failure(exc):
+                    # A safety net: the database layer should have raised StorageError itself.
+                    log.warning("untranslated database error in %s", fn.__name__, exc_info=True)
+                    text = error_text(StorageError(f"The database failed ({type(exc).__name__}); nothing was changed."))
+                    raise _refusal(kind, StorageError.code, text) from None
                 log.exception("unexpected error in %s", fn.__name__)
-                raise kind("internal_error: the server failed unexpectedly; nothing was changed.") from None
+                raise _refusal(kind, None, INTERNAL) from None
 
         return wrapper
 
     return decorate
+
+
+def _field(loc: tuple) -> str:
+    """A pydantic error location as ``a.b.0``; a client-chosen key (an unknown argument) is shown shortened."""
+    parts = []
+    for part in loc:
+        part = str(part)
+        parts.append(part if part.isidentifier() and len(part) <= 64 else ascii(part[:32]))
+    return ".".join(parts) or "arguments"
+
+
+def _reason(error: dict[str, Any]) -> str:
+    reason = error["msg"].removeprefix("Value error, ").replace("\n", " ")
+    value = error.get("input")
+    if value is None or isinstance(value, (bool, int, float)):
+        reason += f" (got {value!r})" if error["type"] != "missing" else ""
+    return reason
+
+
+def describe_invalid(exc: PydanticValidationError, most: int = 3) -> str:
+    """pydantic's multi-line validation text as one line: ``invalid_input: <field>: <reason>[; ...]``."""
+    errors = exc.errors(include_url=False, include_context=False)
+    problems = [f"{_field(e['loc'])}: {_reason(e)}" for e in errors[:most]]
+    more = f" (and {len(errors) - most} more)" if len(errors) > most else ""
+    return "invalid_input: " + "; ".join(problems) + more
+
+
+class _QuietArgumentWarnings(logging.Filter):
+    """Drops FastMCP's own line for refused arguments: ``ArgumentErrors`` logs the one line, with its code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid arguments for tool")
+
+
+class ArgumentErrors(Middleware):
+    """A tool call whose arguments fail validation (wrong type, out of range, unknown argument, a refused text)
+    gets ``invalid_input: <field>: <reason>`` on one line instead of pydantic's multi-line text. FastMCP validated
+    before the tool body ran, so nothing changed."""
+
+    def __init__(self) -> None:
+        fastmcp_log = logging.getLogger("fastmcp.server.server")
+        if not any(isinstance(f, _QuietArgumentWarnings) for f in fastmcp_log.filters):
+            fastmcp_log.addFilter(_QuietArgumentWarnings())
+
+    async def on_call_tool(self, context: MiddlewareContext, call_next):
+        try:
+            return await call_next(context)
+        except ValidationError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, PydanticValidationError):
+                text = describe_invalid(cause)
+            else:
+                text = "invalid_input: the arguments do not match the tool's input schema"
+            log.info("%s: %s", context.message.name, text)
+            raise ToolError(text, log_level=logging.NOTSET) from None
 
 
 class SessionActivityMiddleware(Middleware):

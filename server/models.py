@@ -1,30 +1,40 @@
 """Typed inputs and structured outputs of the MCP tools."""
 
-from __future__ import annotations
-
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from redraft.server.validation import NAME_CHARS, text
 
 
 class Sampling(BaseModel):
     """Per-query sampling overrides. Endpoint and key are server settings and cannot be set here."""
 
     model_config = ConfigDict(extra="forbid")
-    model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    model: text(NAME_CHARS, optional=True) = None
     temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
     top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
     max_tokens: Annotated[int | None, Field(ge=1, le=200_000)] = None
     seed: int | None = None
 
 
-class Decision(BaseModel):
-    """A human decision at a step-mode gate."""
+@lru_cache
+def decision_type(max_chars: int) -> type[BaseModel]:
+    """The step-mode decision, its texts limited to ``max_chars`` (the ``max_text_chars`` setting)."""
 
-    model_config = ConfigDict(extra="forbid")
-    action: Literal["approve", "edit", "replace"]
-    text: str | None = Field(default=None, description="replace: the critique or revision to use instead")
-    critique: str | None = Field(default=None, description="edit (before a revision): the corrected critique")
+    replacement = text(max_chars, "replace: the critique or revision to use instead", optional=True)
+    edited = text(max_chars, "edit (before a revision): the corrected critique", optional=True)
+
+    class Decision(BaseModel):
+        """A human decision at a step-mode gate."""
+
+        model_config = ConfigDict(extra="forbid")
+        action: Literal["approve", "edit", "replace"]
+        text: replacement = None
+        critique: edited = None
+
+    return Decision
 
 
 class SessionInfo(BaseModel):

@@ -1,4 +1,5 @@
-"""Resource templates over a thread's current slot. Missing data is an MCP error, never a placeholder value."""
+"""Resource templates over a thread's current slot. Missing data is an MCP error, never a placeholder value:
+-32002 (resource not found) for a missing thing, session or companion, -32602 for invalid input."""
 
 from __future__ import annotations
 
@@ -7,17 +8,13 @@ import json
 from fastmcp import FastMCP
 from fastmcp.exceptions import ResourceError
 
-from redraft.errors import RedraftError
+from redraft.errors import NotFoundError
 from redraft.graph.companions import get_companion
-from redraft.graph.convergence import analyse
+from redraft.graph.convergence import analyse_async
 from redraft.graph.state import versions
 from redraft.server.middleware import guard
 
 BASE = "redraft://sessions/{session_id}/{companion}"
-
-
-class NotFound(RedraftError):
-    code = "not_found"
 
 
 def register_resources(mcp: FastMCP, app) -> None:
@@ -25,7 +22,7 @@ def register_resources(mcp: FastMCP, app) -> None:
         thread = await app.thread(session_id, companion)
         status = await app.runner.status(thread)
         if status["slot"] is None:
-            raise NotFound("This thread has no query yet.")
+            raise NotFoundError("This thread has no query yet.")
         return status, status["slot"]
 
     @mcp.resource(f"{BASE}/latest_critique", mime_type="text/plain")
@@ -34,7 +31,7 @@ def register_resources(mcp: FastMCP, app) -> None:
         """The most recent critique of the current query."""
         _, slot = await current(session_id, companion)
         if not slot["critique"]:
-            raise NotFound("The current query has no critique yet.")
+            raise NotFoundError("The current query has no critique yet.")
         return slot["critique"][-1]
 
     @mcp.resource(f"{BASE}/penultimate_revision", mime_type="text/plain")
@@ -43,7 +40,7 @@ def register_resources(mcp: FastMCP, app) -> None:
         """The revision before the latest one (what the last revision changed)."""
         _, slot = await current(session_id, companion)
         if len(slot["revision"]) < 2:
-            raise NotFound(f"The current query has {len(slot['revision'])} revision(s); this needs at least 2.")
+            raise NotFoundError(f"The current query has {len(slot['revision'])} revision(s); this needs at least 2.")
         return slot["revision"][-2]
 
     @mcp.resource(f"{BASE}/convergence", mime_type="application/json")
@@ -54,8 +51,8 @@ def register_resources(mcp: FastMCP, app) -> None:
         status, slot = await current(session_id, companion)
         vs = versions(slot)
         if not vs:
-            raise NotFound("The current query has no draft yet.")
-        report = analyse(vs, status["run_config"]["similarity_threshold"])
+            raise NotFoundError("The current query has no draft yet.")
+        report = await analyse_async(vs, status["run_config"]["similarity_threshold"])
         report.update(stop_reason=status["stop_reason"], max_loops=status["run_config"]["max_loops"])
         return json.dumps(report)
 
@@ -74,5 +71,5 @@ def register_resources(mcp: FastMCP, app) -> None:
         thread = await app.thread(session_id, companion)
         state = (await app.runner.snapshot(thread)).values
         if not state.get("run_log"):
-            raise NotFound("This thread has no query yet.")
+            raise NotFoundError("This thread has no query yet.")
         return json.dumps(state["run_log"])

@@ -1,6 +1,7 @@
-"""MCP tools and resource for time travel: history, state_at, fork, replay, diff."""
+"""MCP tools and resource for time travel: history, state_at, fork, replay, diff.
 
-from __future__ import annotations
+No ``from __future__ import annotations``: the edited texts' type is built from the settings at registration.
+"""
 
 import json
 from typing import Annotated
@@ -15,18 +16,23 @@ from redraft.server.middleware import guard
 from redraft.server.models import DiffResult, HistoryPage, ThreadView
 from redraft.server.resources import BASE
 from redraft.server.tools import CompanionName, progress_reporter, view
+from redraft.server.validation import ID_CHARS, text
 
-CheckpointId = Annotated[str, Field(min_length=1, max_length=64, description="A checkpoint id from `history`.")]
+CheckpointId = text(ID_CHARS, "A checkpoint id from `history`.")
 
 
 def register_timetravel(mcp: FastMCP, app) -> None:
+    text_chars = app.settings.max_text_chars
+    Critique = text(text_chars, "Replace the pending critique at that checkpoint.", optional=True)
+    Revision = text(text_chars, "Replace the latest revision at that checkpoint.", optional=True)
+
     @mcp.tool(annotations={"readOnlyHint": True})
     @guard()
     async def history(
         session_id: SessionId,
         companion: CompanionName = "generic",
         limit: Annotated[int, Field(ge=1, le=tt.MAX_PAGE)] = 20,
-        before: Annotated[str | None, Field(max_length=64, description="`next_before` of the previous page")] = None,
+        before: text(ID_CHARS, "`next_before` of the previous page", optional=True) = None,
     ) -> HistoryPage:
         """The thread's checkpoints, newest first: node, phase, lengths, similarity, branch."""
         thread = await app.thread(session_id, companion)
@@ -47,8 +53,8 @@ def register_timetravel(mcp: FastMCP, app) -> None:
         session_id: SessionId,
         checkpoint_id: CheckpointId,
         companion: CompanionName = "generic",
-        critique: Annotated[str | None, Field(description="Replace the pending critique at that checkpoint.")] = None,
-        revision: Annotated[str | None, Field(description="Replace the latest revision at that checkpoint.")] = None,
+        critique: Critique = None,
+        revision: Revision = None,
     ) -> ThreadView:
         """Branch from a past checkpoint with an edited critique or revision. The original branch stays readable
         (state_at); the thread continues from the fork with refine or resume."""
@@ -71,7 +77,7 @@ def register_timetravel(mcp: FastMCP, app) -> None:
         from_version: Annotated[int, Field(ge=0, description="0 = the draft, k = revision k")],
         to_version: Annotated[int, Field(ge=0)],
         companion: CompanionName = "generic",
-        checkpoint_id: Annotated[str | None, Field(max_length=64)] = None,
+        checkpoint_id: text(ID_CHARS, "As of this checkpoint (default: the latest).", optional=True) = None,
     ) -> DiffResult:
         """Word diff and similarity of two versions of the current query (optionally as of a checkpoint)."""
         thread = await app.thread(session_id, companion)

@@ -1,6 +1,8 @@
-"""MCP tools: sessions, the three steps, refine (with progress), resume and status."""
+"""MCP tools: sessions, the three steps, refine (with progress), resume and status.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the free-text argument types are built from the settings when the
+tools are registered, so the annotations must be evaluated then.
+"""
 
 from typing import Annotated
 
@@ -10,28 +12,26 @@ from pydantic import Field
 
 from redraft.graph.companions import COMPANION_MAP, get_companion
 from redraft.graph.runner import thread_id_for
-from redraft.server.middleware import guard
+from redraft.server.middleware import ArgumentErrors, guard
 from redraft.server.models import (
     CompanionInfo,
     CompanionList,
-    Decision,
     Sampling,
     SessionEnded,
     SessionInfo,
     SessionList,
     SessionSummary,
     ThreadView,
+    decision_type,
 )
 from redraft.server.sessions import principal_key
+from redraft.server.validation import ID_CHARS, text
 
-CompanionName = Annotated[
-    str, Field(description=f"Companion type: one of {', '.join(COMPANION_MAP)}.", min_length=1, max_length=64)
-]
+CompanionName = text(ID_CHARS, f"Companion type: one of {', '.join(COMPANION_MAP)}.")
 Threshold = Annotated[
     float | None, Field(ge=0.0, le=1.0, description="Stop when consecutive versions are this similar.")
 ]
 MaxLoops = Annotated[int | None, Field(ge=1, le=1000, description="At most this many critique/revise loops.")]
-OptText = Annotated[str | None, Field(description="Supply the text yourself instead of asking the model.")]
 
 
 def view(session_id: str, companion: str, data: dict, stats: dict | None = None) -> ThreadView:
@@ -64,6 +64,14 @@ def _options(similarity_threshold, max_loops, sampling: Sampling | None) -> dict
 
 
 def register_tools(mcp: FastMCP, app) -> None:
+    mcp.add_middleware(ArgumentErrors())
+    query_chars, text_chars = app.settings.max_query_chars, app.settings.max_text_chars
+    Query = text(query_chars, "The request to answer.")
+    NewQuery = text(query_chars, "Start this new query; omit to continue the current one.", optional=True)
+    OptText = text(text_chars, "Supply the text yourself instead of asking the model.", optional=True)
+    EditedCritique = text(text_chars, "Correct the pending critique before revising.", optional=True)
+    Decision = decision_type(text_chars)
+
     @mcp.tool(annotations={"idempotentHint": False})
     @guard()
     async def create_session() -> SessionInfo:
@@ -105,7 +113,7 @@ def register_tools(mcp: FastMCP, app) -> None:
     @guard()
     async def draft(
         session_id: SessionId,
-        query: Annotated[str, Field(description="The request to answer.")],
+        query: Query,
         companion: CompanionName = "generic",
         similarity_threshold: Threshold = None,
         max_loops: MaxLoops = None,
@@ -130,7 +138,7 @@ def register_tools(mcp: FastMCP, app) -> None:
         session_id: SessionId,
         companion: CompanionName = "generic",
         text: OptText = None,
-        critique: Annotated[str | None, Field(description="Correct the pending critique before revising.")] = None,
+        critique: EditedCritique = None,
     ) -> ThreadView:
         """Revise the current version using the pending critique. Needs phase needs_revision."""
         thread = await app.thread(session_id, companion)
@@ -142,9 +150,7 @@ def register_tools(mcp: FastMCP, app) -> None:
         ctx: Context,
         session_id: SessionId,
         companion: CompanionName = "generic",
-        query: Annotated[
-            str | None, Field(description="Start this new query; omit to continue the current one.")
-        ] = None,
+        query: NewQuery = None,
         similarity_threshold: Threshold = None,
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
