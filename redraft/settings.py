@@ -5,13 +5,18 @@ Nested per-companion overrides use ``__``: ``REDRAFT_COMPANIONS__CODE__MAX_LOOPS
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
+from dotenv import dotenv_values
 from platformdirs import user_data_dir
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from redraft.errors import ConfigError
 
@@ -123,15 +128,71 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:****@{host}" if ":" in creds else url
 
 
+def url_password(url: str) -> str:
+    """The password of ``scheme://user:password@host...``, read without parsing the rest (which may be malformed),
+    or ``""``."""
+    if "://" not in url or "@" not in url:
+        return ""
+    creds = url.split("://", 1)[1].rsplit("@", 1)[0]
+    return creds.split(":", 1)[1] if ":" in creds else ""
+
+
+# Settings whose values are secret, and the nested form of bearer tokens (``REDRAFT_AUTH_TOKENS__<token>=who``).
+SECRET_FIELDS = ("api_key", "auth_tokens", "database_url")
+_CREDENTIALS_IN_URL = re.compile(r"(://[^\s:/@]*:)[^\s@]+@")
+
+
+def configured_secrets(**overrides) -> list[str]:
+    """The secret values as configured -- API key, bearer tokens, database password -- read from ``overrides``,
+    the environment and ``.env`` without validating anything, so that an error about invalid settings (or about a
+    database it cannot reach) can mask them. Longest first."""
+    raw: dict[str, str] = {}
+    env_file = Settings.model_config.get("env_file")
+    sources = [dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}, os.environ]
+    for source in sources:
+        raw.update({k.lower(): v for k, v in source.items() if v is not None and k.lower().startswith("redraft_")})
+    raw.update({f"redraft_{k}": v for k, v in overrides.items() if k in SECRET_FIELDS and isinstance(v, str)})
+    values: list[str] = []
+    for name, value in raw.items():
+        field = name.removeprefix("redraft_")
+        if field.startswith("auth_tokens__"):
+            values.append(name.split("__", 1)[1])
+            values.append(value)
+        elif field == "auth_tokens":
+            values.append(value)
+            try:
+                values.extend(str(token) for token in json.loads(value))
+            except (ValueError, TypeError):
+                values.extend(re.findall(r'"([^"]+)"', value))  # malformed JSON: every quoted string
+        elif field == "api_key":
+            values.append(value)
+        elif field == "database_url":
+            password = url_password(value)
+            values += [password, unquote(password)]
+    return sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
+
+
+def mask_secrets(text: str, secrets: list[str]) -> str:
+    """``text`` with every one of ``secrets`` and every ``scheme://user:password@`` password replaced by ``****``."""
+    for secret in secrets:
+        text = text.replace(secret, "****")
+    return _CREDENTIALS_IN_URL.sub(r"\1****@", text)
+
+
 def load_settings(**overrides) -> Settings:
-    """Build settings, turning pydantic's validation error into one clear ``ConfigError``."""
+    """Build settings, turning pydantic's validation error into one clear ``ConfigError`` that never shows a
+    password or token."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"REDRAFT_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"Invalid settings: {problems}") from None
+    except SettingsError as exc:  # a value that is not valid JSON for a list or dict setting
+        field = re.search(r'field "([^"]+)"', str(exc))
+        reason = f"not valid JSON ({exc.__cause__})" if isinstance(exc.__cause__, ValueError) else "unreadable"
+        problems = f"REDRAFT_{field.group(1).upper() if field else 'SETTINGS'}: {reason}"
+    raise ConfigError(mask_secrets(f"Invalid settings: {problems}", configured_secrets(**overrides)))
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -24,7 +25,7 @@ from redraft.graph import timetravel as tt
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.companions import COMPANION_MAP, get_companion
 from redraft.graph.runner import Runner, thread_id_for
-from redraft.settings import Settings, load_settings
+from redraft.settings import Settings, configured_secrets, load_settings, mask_secrets
 
 app = typer.Typer(
     name="redraft", help="Draft -> critique -> revise with durable checkpoints, over MCP.", no_args_is_help=True
@@ -45,8 +46,14 @@ def _root() -> None:
     """redraft: refine answers with durable draft -> critique -> revise loops."""
 
 
+# Settings given on the command line (--database-url), so that an error message can mask their secrets too.
+cli_overrides: dict[str, str] = {}
+
+
 def settings_from(database_url: str | None) -> Settings:
-    return load_settings(**({"database_url": database_url} if database_url else {}))
+    if database_url:
+        cli_overrides["database_url"] = database_url
+    return load_settings(**cli_overrides)
 
 
 @contextlib.asynccontextmanager
@@ -110,7 +117,7 @@ def serve(
     from redraft.server import redaction
     from redraft.server.app import create_server
 
-    settings = settings_from(database_url)
+    settings = execute_sync(lambda: settings_from(database_url))
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -359,7 +366,8 @@ def execute_sync(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except RedraftError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        message = mask_secrets(exc.message, configured_secrets(**cli_overrides))
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(3 if isinstance(exc, EXIT_ENVIRONMENT) else 2) from None
 
 

@@ -9,26 +9,22 @@ up front.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
-from redraft.settings import Settings
+from redraft.settings import Settings, mask_secrets, url_password
 
 MASK = "****"
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    values = [settings.api_key.get_secret_value(), *settings.auth_tokens]
-    try:
-        values.append(urlsplit(settings.database_url).password or "")
-    except ValueError:
-        pass
+    password = url_password(settings.database_url)  # read even from a malformed URL, which urlsplit refuses
+    values = [settings.api_key.get_secret_value(), *settings.auth_tokens, password, unquote(password)]
     return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return text
+    """``text`` without any of ``secrets`` or any ``scheme://user:password@`` password."""
+    return mask_secrets(text, secrets)
 
 
 def install(settings: Settings) -> None:

@@ -151,3 +151,41 @@ async def test_jwt_auth_isolates_subjects(tmp_path, stub):
                 assert response.status_code == 401
     finally:
         server.stop()
+
+
+def test_settings_and_connection_errors_never_print_a_secret(tmp_path):
+    """Malformed settings and unreachable databases, through the real ``redraft`` command: one error line, exit
+    code 3, no traceback, and neither the password nor a token on stderr."""
+    import subprocess
+
+    from tests.servers import REDRAFT, free_port, server_env
+
+    password, token = "db-SECRET-pw", "tok-SECRET-carol-0003"
+    malformed = f"postgresql://u:{password}@[::1/db"  # psycopg quotes the whole URL in its error
+    cases = [
+        ({"REDRAFT_DATABASE_URL": malformed}, ["sessions"]),
+        ({"REDRAFT_DATABASE_URL": malformed}, ["serve", "--transport", "http", "--port", str(free_port())]),
+        ({}, ["history", "x", "--database-url", "postgresql://u:db SECRET pw@127.0.0.1:1/db"]),
+        ({"REDRAFT_AUTH_TOKENS": f'{{"{token}": ', "REDRAFT_API_KEY": "sk-SECRET-key"}, ["serve"]),
+        ({"REDRAFT_AUTH_TOKENS": f'["{token}"]', "REDRAFT_PORT": token}, ["config"]),
+    ]
+    base = {**server_env("memory", "http://127.0.0.1:9/v1"), "REDRAFT_LOG_LEVEL": "DEBUG"}
+    procs = [  # in parallel: each start-up costs seconds
+        subprocess.Popen(
+            [REDRAFT, *args], env={**base, **extra}, cwd=tmp_path, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for extra, args in cases
+    ]
+    texts = []
+    for (_, args), proc in zip(cases, procs, strict=True):
+        text = proc.communicate(timeout=120)[1].decode(errors="replace")
+        texts.append(text)
+        assert proc.returncode == 3, (args, text)
+        for secret in (password, "db SECRET pw", token, "sk-SECRET-key"):
+            assert secret not in text, (args, text)
+        errors = [line for line in text.splitlines() if line.startswith("error: ")]
+        if "http" not in args:  # uvicorn reports a failed start-up with its own traceback (redacted)
+            assert "Traceback" not in text and len(errors) == 1, (args, text)
+    assert 'Cannot connect to PostgreSQL ("postgresql://u:****@[::1/db")' in texts[0]
+    assert "Invalid settings: REDRAFT_AUTH_TOKENS: not valid JSON" in texts[3]
+    assert "REDRAFT_PORT: Input should be a valid integer" in texts[4] and "REDRAFT_AUTH_TOKENS: " in texts[4]
