@@ -15,13 +15,13 @@ from typing import Any
 
 from langgraph.types import StateSnapshot
 
-from redraft.errors import InvalidInputError, ModelError, PhaseError, RedraftError
+from redraft.errors import InvalidInputError, LeaseLostError, ModelError, PhaseError, RedraftError
 from redraft.graph.builder import build_graph
 from redraft.graph.checkpointer import Persistence
 from redraft.graph.clock import order_after
 from redraft.graph.companions import Companion, get_companion
 from redraft.graph.convergence import report
-from redraft.graph.database import storage_error
+from redraft.graph.database import is_driver_error, storage_error
 from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_for, versions
 from redraft.nodes.context import RedraftContext
 from redraft.nodes.gate import answer_for, validate_decision
@@ -84,6 +84,21 @@ def _same_query(state: dict, graph_input: dict) -> bool:
         slot is not None
         and all(slot[k] == opened[k] for k in keys)
         and state.get("run_config") == graph_input["run_config"]
+    )
+
+
+def _may_start(state: dict, graph_input: dict, doing: str) -> bool:
+    """Whether a new query may start on the thread now; True when it is the current query again, whose draft was never
+    written (a failed draft call retried as is). A different query replaces a query whose draft was never written
+    (a draft the model refused, say with context_overflow); a query with a draft must be finished first."""
+    phase = phase_of(state)
+    if phase in ("empty", "done"):
+        return False
+    if phase == "needs_draft":
+        return _same_query(state, graph_input)
+    raise PhaseError(
+        f"The current query is not finished (phase {phase!r}); finish it with refine or resume (or end the session) "
+        f"before {doing}."
     )
 
 
@@ -195,10 +210,17 @@ class Runner:
                     for node, update in chunk.items():
                         if node != "__interrupt__" and on_step:
                             await on_step({"node": node, "update": update})
+        except LeaseLostError as exc:
+            # the thread stays where this run last committed (or where it started)
+            committed = (last or {}).get("config", {}).get("configurable", {}).get("checkpoint_id")
+            exc.checkpoint_id = committed or checkpoint_id
+            if exc.checkpoint_id:
+                exc.message += f" The thread is at checkpoint {exc.checkpoint_id}."
+            raise
         except RedraftError:
             raise
         except Exception as exc:
-            if type(exc).__module__.startswith(("psycopg", "sqlite3", "aiosqlite")):
+            if is_driver_error(exc):
                 raise storage_error(exc) from None
             if type(exc).__module__.startswith(("openai", "httpx")):
                 raise ModelError(f"The model endpoint failed ({type(exc).__name__}).") from None
@@ -251,12 +273,7 @@ class Runner:
         graph_input = self.open_input(self.companion(companion), query, **options)
         async with self.persistence.db.thread_lock(thread_id):
             state = (await self.snapshot(thread_id)).values
-            retry = phase_of(state) == "needs_draft" and _same_query(state, graph_input)
-            if phase_of(state) not in ("empty", "done") and not retry:
-                raise PhaseError(
-                    f"The current query is not finished (phase {phase_of(state)!r}); "
-                    "finish it with refine (or end the session) before drafting a new one."
-                )
+            retry = _may_start(state, graph_input, "drafting a new one")
             graph_input["run_log"][0]["slot"] = len(state.get("run_log") or [])
             # a retry of a draft call that failed (say, a model error) writes the pending draft and opens nothing
             end = await self._run(thread_id, None if retry else graph_input, stepwise=True)
@@ -322,12 +339,13 @@ class Runner:
         async with self.persistence.db.thread_lock(thread_id):
             snap = await self.snapshot(thread_id)
             phase = phase_of(snap.values)
-            if graph_input is not None and phase not in ("empty", "done"):
-                raise PhaseError(f"The current query is not finished (phase {phase!r}); call refine without a query.")
             if graph_input is None and phase in ("empty", "done"):
                 raise PhaseError("Nothing to refine: pass a query to start one.")
             if graph_input is not None:
-                graph_input["run_log"][0]["slot"] = len(snap.values.get("run_log") or [])
+                if _may_start(snap.values, graph_input, "calling refine with a new query"):
+                    graph_input = None  # the same query again after its draft failed: write that draft
+                else:
+                    graph_input["run_log"][0]["slot"] = len(snap.values.get("run_log") or [])
             stepwise = (snap.values.get("run_config") or {}).get("mode", comp.mode) == "step"
             if graph_input is None and stepwise and pending_gate(snap) is not None:
                 raise PhaseError("The thread is waiting for a human decision: call resume with one.")

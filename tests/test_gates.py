@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from redraft.errors import InvalidInputError, ModelError, PhaseError
+from redraft.errors import ContextOverflowError, InvalidInputError, ModelError
 from redraft.graph import timetravel as tt
 from tests.conftest import new_thread
 
@@ -122,10 +122,24 @@ async def test_a_draft_that_failed_is_retried_by_the_same_call(runner, stub):
     stub.fail({**DOWN, "node": "draft"})
     with pytest.raises(ModelError):
         await runner.draft(thread, "generic", "Retry me.", max_loops=2)
-    with pytest.raises(PhaseError, match="not finished"):
-        await runner.draft(thread, "generic", "A different query.")
     state = await runner.draft(thread, "generic", "Retry me.", max_loops=2)
     assert state["slots"] == 1 and state["phase"] == "ready_to_critique" and state["pending_gate"]["gate"] == "critique"
+
+
+async def test_a_query_whose_draft_failed_can_be_replaced(runner, stub):
+    """A draft the model refuses for good (a query over its context window) must not block the thread: a different
+    query starts a new slot; the failed one stays in the run_log, draftless."""
+    thread = new_thread()
+    stub.fail(*[{"context_overflow": True, "node": "draft"}] * 2)
+    with pytest.raises(ContextOverflowError):
+        await runner.refine(thread, "generic", "A query far too long for the model.")
+    assert (await runner.status(thread))["phase"] == "needs_draft"
+    with pytest.raises(ContextOverflowError):  # the same query again is refused again
+        await runner.refine(thread, "generic")
+    done = await runner.refine(thread, "generic", "A shorter query.", max_loops=2)
+    assert done["phase"] == "done" and done["slots"] == 2 and done["slot"]["query"] == "A shorter query."
+    run_log = (await runner.snapshot(thread)).values["run_log"]
+    assert run_log[0]["draft"] is None and run_log[0]["critique"] == []
 
 
 # --- model errors at every step: the thread ends as it would have without them --------------------------------------
