@@ -417,4 +417,6 @@ def describe(thread_id: str, snap: StateSnapshot | RunEnd) -> dict:
         "run_config": run_config,
         "next": list(snap.next or ()),
         "pending_gate": pending_gate(snap),
+        # replies of this query's steps that the model cut at max_tokens (REDRAFT_ON_TRUNCATION says what was done)
+        "truncations": [t for t in state.get("truncations") or [] if slot and t["slot"] == index],
     }

@@ -242,6 +242,7 @@ async def test_accept_policy_keeps_the_cut_text_and_records_it(tmp_path, stub):
             ("draft", None, "accepted", 60),
             ("revise", 1, "accepted", 60),
         ]
+        assert done["truncations"] == notes == (await runner.status(thread))["truncations"]  # shown with the query
 
 
 # --- the client cache ----------------------------------------------------------------------------------------------
