@@ -19,7 +19,7 @@ import uuid
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.sessions import current_principal
 
-from redraft.errors import InvalidInputError, SessionLimitError, SessionNotFoundError
+from redraft.errors import InvalidInputError, SessionBusyError, SessionLimitError, SessionNotFoundError
 from redraft.graph.companions import COMPANION_MAP
 from redraft.graph.database import Database
 from redraft.graph.runner import thread_id_for
@@ -124,12 +124,17 @@ class SessionStore:
             )
 
     async def end(self, principal: str, session_id: str) -> dict:
+        """Delete the session with all its threads and checkpoints, atomically with respect to steps: refused with
+        ``session_busy`` (and nothing changed) while a step runs on any of its threads; once it goes ahead, no step
+        can start on them again (their leases are retired), so no row is left behind."""
         session_id = _valid_id(session_id)
         row = await self.db.fetchone(
             "SELECT session_id FROM redraft_sessions WHERE session_id = ? AND principal = ?", (session_id, principal)
         )
         if row is None:
             raise SessionNotFoundError()
+        await self.db.retire(_threads_of(session_id))
+        # threads first, the row last: if this is cut short, end_session can simply be called again
         deleted = await self._delete_threads(session_id)
         await self.db.execute("DELETE FROM redraft_sessions WHERE session_id = ?", (session_id,))
         return {"session_id": session_id, "ended": True, "threads_deleted": deleted}
@@ -168,25 +173,33 @@ class SessionStore:
         """Delete every session idle past the TTL, with its threads and checkpoints. Safe to run from any process."""
         cutoff = time.time() - self.ttl
         expired = await self.db.fetchall("SELECT session_id FROM redraft_sessions WHERE last_accessed < ?", (cutoff,))
-        busy = await self.db.busy_sessions() if expired else set()  # a step running means busy, not idle
         swept = 0
         for row in expired:
-            if row["session_id"] in busy:
+            threads = _threads_of(row["session_id"])
+            try:
+                await self.db.retire(threads)
+            except SessionBusyError:  # a step running means busy, not idle
                 continue
-            # the row goes first, and only if still idle: a call racing the sweep either renews it or finds it gone
+            # the row goes only if still idle: a call racing the sweep either renews it or finds it gone
             gone = await self.db.execute(
                 "DELETE FROM redraft_sessions WHERE session_id = ? AND last_accessed < ?", (row["session_id"], cutoff)
             )
             if gone == 1:
                 await self._delete_threads(row["session_id"])
                 swept += 1
+            else:
+                await self.db.unretire(threads)
+        await self.db.forget_tombstones()
         return swept
 
     async def _delete_threads(self, session_id: str) -> int:
         deleted = 0
-        for companion in COMPANION_MAP:
-            thread_id = thread_id_for(session_id, companion)
+        for thread_id in _threads_of(session_id):
             if await self.saver.aget_tuple({"configurable": {"thread_id": thread_id}}) is not None:
                 await self.saver.adelete_thread(thread_id)
                 deleted += 1
         return deleted
+
+
+def _threads_of(session_id: str) -> list[str]:
+    return [thread_id_for(session_id, companion) for companion in COMPANION_MAP]
