@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # A step holds a lease on its thread; if the process dies the lease lapses after this many seconds.
     lease_ttl_seconds: float = Field(default=10.0, gt=0)
 
+    # Background runs (start_refine, MCP tasks): unset = an in-process queue and progress bus (one process);
+    # redis://host:port/db = the run queue and progress bus shared by every replica (PostgreSQL stays the truth).
+    redis_url: str | None = None
+
     # HTTP serving and auth.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -109,12 +113,23 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if value.split("://", 1)[0].lower() not in ("redis", "rediss", "unix", "redis+sentinel", "memory"):
+            raise ValueError("must be a redis://, rediss://, redis+sentinel:// or unix:// URL (or unset)")
+        return value
+
     def masked(self) -> dict:
         """The effective settings with every secret masked, for ``redraft config`` and logs."""
         data = self.model_dump(mode="json")
         data["api_key"] = "****" if self.api_key.get_secret_value() else ""
         data["auth_tokens"] = {f"****{i}": principal for i, principal in enumerate(self.auth_tokens.values(), 1)}
         data["database_url"] = mask_url(self.database_url)
+        data["redis_url"] = mask_url(self.redis_url) if self.redis_url else None
         return data
 
 

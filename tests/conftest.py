@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -99,6 +103,68 @@ async def runner(db_url, stub) -> AsyncIterator[Runner]:
     settings = make_settings(db_url, stub)
     async with open_persistence(settings) as persistence:
         yield Runner(persistence, settings)
+
+
+REDIS_URL = os.environ.get("REDRAFT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A real Redis: ``REDRAFT_TEST_REDIS`` (default 127.0.0.1:6379) if it answers, else a throwaway
+    ``redis-server`` for the session. With ``CI=true`` a missing Redis fails the tests, never skips them."""
+    if _redis_answers(REDIS_URL):
+        yield REDIS_URL
+        return
+    proc = None
+    if shutil.which("redis-server"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(100):
+            if _redis_answers(url):
+                break
+            time.sleep(0.05)
+    if proc is None or not _redis_answers(url):
+        message = f"Redis is not reachable at {REDIS_URL} and redis-server could not be started"
+        if proc is not None:
+            proc.kill()
+        if IN_CI:
+            pytest.fail(message + " -- CI=true: Redis tests must not skip.")
+        pytest.skip(message)
+    yield url
+    proc.kill()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server, monkeypatch) -> Iterator[str]:
+    """The Redis URL for one test, isolated by a queue name of its own: ``FASTMCP_DOCKET_NAME`` (read by the tasks
+    extension, and inherited by server subprocesses) is unique per test, and its keys are deleted afterwards."""
+    import redis
+
+    name = f"redraft-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("FASTMCP_DOCKET_NAME", name)
+    yield redis_server
+    with redis.Redis.from_url(redis_server) as client:
+        keys = list(client.scan_iter(match=f"*{name}*", count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 def new_thread() -> str:
