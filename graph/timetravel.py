@@ -8,14 +8,14 @@ received no write, from its parent's summary (``Summaries``). One ``alist`` call
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from redraft.errors import CheckpointNotFoundError, InvalidInputError, PhaseError
 from redraft.graph.clock import order_after
-from redraft.graph.convergence import similarity
+from redraft.graph.convergence import similarity, similarity_async
 from redraft.graph.runner import Runner, describe
 from redraft.graph.state import event, phase_of, versions
+from redraft.graph.worddiff import word_diff_async
 
 MAX_PAGE = 200
 
@@ -326,24 +326,14 @@ async def diff(runner: Runner, thread_id: str, a: int, b: int, checkpoint_id: st
     for v in (a, b):
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(vs):
             raise InvalidInputError(f"Version {v!r} does not exist: this query has versions 0..{len(vs) - 1}.")
-    return {"from": a, "to": b, "similarity": similarity(vs[a], vs[b]), "diff": word_diff(vs[a], vs[b], a, b)}
-
-
-def word_diff(old: str, new: str, a: int, b: int, context: int = 3) -> str:
-    """Unified diff, one word per line. ``autojunk`` is off: with it, difflib treats every frequent word (like
-    "the") of a text over 200 words as junk and reports near-total rewrites for small edits."""
-    x, y = old.split(), new.split()
-    out = [f"--- version {a}", f"+++ version {b}"]
-    for group in difflib.SequenceMatcher(None, x, y, autojunk=False).get_grouped_opcodes(context):
-        i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
-        out.append(f"@@ -{i1 + 1},{i2 - i1} +{j1 + 1},{j2 - j1} @@")
-        for tag, p1, p2, q1, q2 in group:
-            if tag == "equal":
-                out.extend(" " + w for w in x[p1:p2])
-                continue
-            out.extend("-" + w for w in x[p1:p2])
-            out.extend("+" + w for w in y[q1:q2])
-    return "\n".join(out)
+    old, new = vs[a], vs[b]
+    # both are bounded in time and run in a worker thread for big texts: a worst-case diff stalls no other session
+    return {
+        "from": a,
+        "to": b,
+        "similarity": await similarity_async(old, new),
+        "diff": await word_diff_async(old, new, a, b),
+    }
 
 
 __all__ = ["describe", "diff", "fork", "history", "replay", "state_at"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from redraft.errors import PhaseError
-from redraft.graph.convergence import decide_after_revision, similarity
+from redraft.graph.convergence import decide_after_revision, similarity_async
 from redraft.graph.state import RedraftState, apply_run_log_events, current_text, event, phase_of, scores_for
 from redraft.nodes.context import context_of
 from redraft.nodes.critique import finish
@@ -41,7 +41,7 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
     text = reply.text
     events.append(event("revision", index, iteration, text=text))
 
-    score = similarity(previous, text)
+    score = await similarity_async(previous, text)  # big texts are scored off the event loop
     scores = [*scores_for(state, index), score]
     update: dict = {
         "run_log": events,
