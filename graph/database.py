@@ -45,6 +45,38 @@ SCHEMA = [
         owner TEXT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
     )""",
+    # background runs (graph/runs.py): one row per run, whichever worker or view (run id / MCP task id) it has
+    """CREATE TABLE IF NOT EXISTS redraft_runs (
+        run_id TEXT PRIMARY KEY,
+        thread_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        companion TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        multitask_strategy TEXT NOT NULL,
+        request TEXT NOT NULL,
+        base_checkpoint TEXT,
+        first_checkpoint TEXT,
+        last_checkpoint TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        loop INTEGER NOT NULL DEFAULT 0,
+        steps INTEGER NOT NULL DEFAULT 0,
+        last_similarity DOUBLE PRECISION,
+        tokens INTEGER NOT NULL DEFAULT 0,
+        progress_message TEXT,
+        phase TEXT,
+        result TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL,
+        worker TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS redraft_runs_thread ON redraft_runs (thread_id, status)",
 ]
 # Fencing tokens (graph/fencing.py): a lease row names the grant holding it; tokens come from a sequence that only
 # grows, so a token is never handed out twice, even after its row was deleted.

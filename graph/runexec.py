@@ -1,0 +1,355 @@
+"""Executing a background run: ``execute_run``, called by whichever worker picked the run up (the Docket task of
+``start_refine``, or the body of a task-mode tool call), and again by any worker a crashed run is redelivered to.
+
+* A run never starts over. At its first claim it records the thread's head (``base_checkpoint``); a later attempt
+  that finds the head moved resumes the thread from its last checkpoint instead of opening the query again.
+* Two workers never advance one thread: each step holds the thread's fenced lease (graph/leases.py). A redelivered
+  duplicate whose thread is held by the live first worker gets ``ConflictError`` and leaves the run to it.
+* Cancellation (``cancel_run``: the Docket task is cancelled, wherever it runs) ends the run ``cancelled`` at once,
+  model call included; the thread stays at its last checkpoint and can be resumed. A shutdown's cancellation leaves
+  the run ``running`` for a restart (or another replica) to pick up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redraft.errors import ConflictError, LeaseLostError, NotFoundError, RedraftError
+from redraft.graph.bus import Bus
+from redraft.graph.database import OWNER
+from redraft.graph.runner import Runner, pending_gate
+from redraft.graph.runs import CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore
+from redraft.graph.state import phase_of
+
+log = logging.getLogger("redraft.runs")
+
+TOKEN_EVENT_INTERVAL = 0.25  # seconds between "tokens so far" events within a step
+QUEUE_POLL_INTERVAL = 0.1  # seconds between looks at an earlier run on the thread (enqueue)
+
+
+class StopAtBoundary(Exception):
+    """A newer run asked this one to stop at its next step boundary (multitask_strategy="interrupt")."""
+
+
+class CancelledAtBoundary(Exception):
+    """The run was cancelled and this worker noticed at a step boundary (a backstop to the task cancellation)."""
+
+
+def run_view(run: dict, latest: dict | None = None) -> dict:
+    """What run_status, wait_run and the run resource show: status, phase, loop, last similarity, elapsed, tokens,
+    error, pending gate, and the result once the run stopped."""
+    now = time.time()
+    started = run.get("started_at")
+    end = run.get("finished_at") or now
+    result = run.get("result")
+    tokens = run.get("tokens") or 0
+    if latest and latest.get("tokens") is not None and run["status"] == "running":
+        tokens = max(tokens, int(latest["tokens"]))
+    return {
+        "run_id": run["run_id"],
+        "status": run["status"],
+        "kind": run["kind"],
+        "session_id": run["session_id"],
+        "companion": run["companion"],
+        "multitask_strategy": run["multitask_strategy"],
+        "phase": ((latest or {}).get("phase") if run["status"] == "running" else None) or run.get("phase"),
+        "loop": run.get("loop") or 0,
+        "steps": run.get("steps") or 0,
+        "last_similarity": run.get("last_similarity"),
+        "tokens": tokens,
+        "elapsed_s": round(end - started, 3) if started else 0.0,
+        "queued_s": round((started or now) - run["created_at"], 3),
+        "progress": (latest or {}).get("message") or run.get("progress_message"),
+        "first_checkpoint": run.get("first_checkpoint"),
+        "last_checkpoint": run.get("last_checkpoint"),
+        "error": {"code": run["error_code"], "message": run.get("error_message")} if run.get("error_code") else None,
+        "pending_gate": (result or {}).get("pending_gate") if run["status"] == "interrupted" else None,
+        "result": result if run["status"] in ("succeeded", "interrupted") else None,
+        "attempts": run.get("attempts") or 0,
+        "worker": run.get("worker"),
+    }
+
+
+async def _head(runner: Runner, thread_id: str) -> tuple[str, dict]:
+    """The thread's head checkpoint id ("" for an empty thread) and its state values."""
+    snap = await runner.snapshot(thread_id)
+    return (snap.config or {}).get("configurable", {}).get("checkpoint_id") or "", snap.values or {}
+
+
+async def _wait_for_earlier_runs(store: RunStore, run: dict) -> None:
+    """multitask_strategy="enqueue": start only once every earlier active run on the thread has stopped."""
+    while True:
+        earlier = [
+            r
+            for r in await store.active_for_thread(run["thread_id"])
+            if r["run_id"] != run["run_id"] and (r["created_at"], r["run_id"]) < (run["created_at"], run["run_id"])
+        ]
+        if not earlier:
+            return
+        await asyncio.sleep(QUEUE_POLL_INTERVAL)
+
+
+async def execute_run(
+    runner: Runner,
+    store: RunStore,
+    bus: Bus,
+    run_id: str,
+    *,
+    decision: dict | None = None,
+    cancelled_by_request: Callable[[], bool] | None = None,
+    worker: str = OWNER,
+) -> dict:
+    """Run (or continue) the run ``run_id`` to its next stop and return its ``run_view``.
+
+    A finished run is returned as is (a redelivered duplicate is a no-op). ``decision`` answers the pending gate of a
+    run interrupted at one. ``cancelled_by_request`` tells a cancellation by request (``tasks/cancel``, which sets no
+    flag) from a shutdown's; ``cancel_run`` sets the run's ``cancel_requested`` flag, which is always checked."""
+    run = await store.get(run_id)
+    if run is None:
+        raise NotFoundError(f"No run {run_id}.")
+    if run["status"] in FINISHED:
+        return run_view(run)
+    if run["cancel_requested"] == CANCEL_NOW:
+        await _finish(store, bus, run, "cancelled", error_code="cancelled", error_message="Cancelled.")
+        return run_view(await store.get(run_id))
+    if run["multitask_strategy"] == "enqueue" and run["status"] == "queued":
+        await _wait_for_earlier_runs(store, run)
+    previous_worker = run["worker"]
+    claimed = await store.update(
+        run_id,
+        expect=("queued", "running", "interrupted"),
+        status="running",
+        worker=worker,
+        attempts=(run["attempts"] or 0) + 1,
+        started_at=run["started_at"] or time.time(),
+        finished_at=None,
+    )
+    if not claimed:  # finished (or cancelled while queued) in the meantime
+        return run_view(await store.get(run_id))
+    thread_id = run["thread_id"]
+    head, values = await _head(runner, thread_id)
+    base = run["base_checkpoint"]
+    if base is None:
+        base = head
+        await store.update(run_id, base_checkpoint=base)
+    started_here = head == base  # nothing of this run was committed yet
+    await bus.publish(run_id, {"type": "status", "status": "running", "phase": phase_of(values), "worker": worker})
+
+    progress = _Progress(runner, store, bus, run_id, thread_id, run)
+    conflict_until = time.monotonic() + runner.persistence.db.lease_ttl + 2.0
+    while True:
+        try:
+            result = await _call(runner, run, started_here, head, values, decision, progress)
+            break
+        except ConflictError:
+            # the lease is held: by a crashed holder until its lease lapses, or by a live duplicate of this run
+            if time.monotonic() < conflict_until:
+                await asyncio.sleep(0.25)
+                head, values = await _head(runner, thread_id)
+                started_here = head == base
+                continue
+            current = await store.get(run_id)
+            if current["worker"] != worker and time.time() - current["updated_at"] < runner.persistence.db.lease_ttl:
+                log.info("run %s is already running on %s: this delivery leaves it there", run_id, current["worker"])
+                return run_view(current)
+            await _finish(store, bus, run, "failed", error_code=ConflictError.code, error_message=_conflict_message())
+            return run_view(await store.get(run_id))
+        except StopAtBoundary:
+            await _finish(
+                store,
+                bus,
+                run,
+                "interrupted",
+                expect=("running",),
+                progress_message="Stopped by a newer run.",
+                result=await _safe_status(runner, thread_id),
+            )
+            return run_view(await store.get(run_id))
+        except CancelledAtBoundary:
+            await _finish_cancelled(store, bus, run)
+            return run_view(await store.get(run_id))
+        except asyncio.CancelledError:
+            current = await asyncio.shield(store.get(run_id))
+            if (current and current["cancel_requested"] == CANCEL_NOW) or (
+                cancelled_by_request is not None and cancelled_by_request()
+            ):
+                await asyncio.shield(_finish_cancelled(store, bus, run))
+            else:  # shutting down: the run stays "running" for a restart or another replica to continue
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(store.update(run_id, worker=previous_worker, expect=("running",)))
+            raise
+        except LeaseLostError as exc:
+            current = await store.get(run_id)
+            if current["worker"] != worker:
+                return run_view(current)
+            await _finish(store, bus, run, "failed", error_code=exc.code, error_message=exc.message)
+            return run_view(await store.get(run_id))
+        except RedraftError as exc:
+            await _finish(store, bus, run, "failed", error_code=exc.code, error_message=exc.message)
+            return run_view(await store.get(run_id))
+        except Exception as exc:
+            log.exception("run %s failed", run_id)
+            await _finish(store, bus, run, "failed", error_code="internal_error", error_message=type(exc).__name__)
+            return run_view(await store.get(run_id))
+
+    status = "interrupted" if result.get("pending_gate") else "succeeded"
+    await _finish(
+        store,
+        bus,
+        run,
+        status,
+        expect=("running",),
+        result=result,
+        last_checkpoint=result.get("checkpoint_id"),
+        progress_message="Waiting for a decision at a gate." if status == "interrupted" else "Done.",
+        phase=result.get("phase"),
+        tokens=progress.tokens,
+    )
+    return run_view(await store.get(run_id))
+
+
+def _conflict_message() -> str:
+    return "Another step is running on this thread; retry when it has finished."
+
+
+async def _call(
+    runner: Runner, run: dict, started_here: bool, head: str, values: dict, decision: dict | None, progress: _Progress
+) -> dict:
+    """The one runner call for this attempt: open the run's work if nothing was committed yet, else continue it."""
+    thread_id, request = run["thread_id"], run["request"] or {}
+    if started_here:
+        if run["kind"] == "refine":
+            options = {k: v for k, v in (request.get("options") or {}).items() if v is not None}
+            return await runner.refine(
+                thread_id,
+                run["companion"],
+                request.get("query"),
+                on_step=progress.step,
+                on_token=progress.token,
+                **options,
+            )
+        if run["kind"] == "replay":
+            from redraft.graph.timetravel import replay
+
+            return await replay(runner, thread_id, request["checkpoint_id"], on_step=progress.step)
+        return await runner.resume(thread_id, decision or request.get("decision"), on_step=progress.step)
+    # this run already committed steps: continue from the thread's last checkpoint, never start over
+    snap = await runner.snapshot(thread_id)
+    if not snap.next and not snap.tasks:
+        return await runner.status(thread_id)  # it finished before its worker could record that
+    if pending_gate(snap) is not None and decision is None:
+        return await runner.status(thread_id)  # still waiting for its human decision
+    return await runner.resume(thread_id, decision, on_step=progress.step)
+
+
+async def _safe_status(runner: Runner, thread_id: str) -> dict | None:
+    with contextlib.suppress(Exception):
+        return await runner.status(thread_id)
+    return None
+
+
+async def _finish(store: RunStore, bus: Bus, run: dict, status: str, *, expect=("running",), **fields: Any) -> None:
+    if status in FINISHED and status != "succeeded":
+        fields.setdefault("progress_message", status.capitalize() + ".")
+    if status == "succeeded":
+        fields.setdefault("error_code", None)
+    if status in ("succeeded", "interrupted"):
+        fields["cancel_requested"] = 0
+    await store.finish(run["run_id"], status, expect=expect, **fields)
+    await bus.publish(run["run_id"], {"type": "finished", "status": status, "phase": None})
+
+
+async def _finish_cancelled(store: RunStore, bus: Bus, run: dict) -> None:
+    await _finish(
+        store,
+        bus,
+        run,
+        "cancelled",
+        expect=("running", "queued", "interrupted"),
+        error_code="cancelled",
+        error_message="Cancelled; the thread stays at its last checkpoint (resume continues it).",
+    )
+
+
+class _Progress:
+    """The run's step and token callbacks: record progress, publish it, and honour a cancel or stop request."""
+
+    def __init__(self, runner: Runner, store: RunStore, bus: Bus, run_id: str, thread_id: str, run: dict) -> None:
+        self.runner, self.store, self.bus = runner, store, bus
+        self.run_id, self.thread_id = run_id, thread_id
+        self.steps = run.get("steps") or 0
+        self.loop = run.get("loop") or 0
+        self.tokens = run.get("tokens") or 0
+        self.first = run.get("first_checkpoint")
+        self.last_event = 0.0
+        self.phase: str | None = None
+
+    async def step(self, event: dict) -> None:
+        """After each committed step: record loop, similarity, checkpoint; publish; stop if asked to."""
+        node, update = event.get("node"), event.get("update") or {}
+        self.steps += 1
+        if node == "revise":
+            self.loop += 1
+        similarity = None
+        for score in (update.get("scores") or []) if isinstance(update, dict) else []:
+            if isinstance(score, dict) and score.get("similarity") is not None:
+                similarity = float(score["similarity"])
+        head, values = await _head(self.runner, self.thread_id)
+        self.first = self.first or head
+        self.phase = phase_of(values)
+        total = event.get("total")
+        message = f"step {self.steps}{f'/{total}' if total else ''}: {node} done"
+        fields: dict[str, Any] = {
+            "steps": self.steps,
+            "loop": self.loop,
+            "tokens": self.tokens,
+            "last_checkpoint": head,
+            "first_checkpoint": self.first,
+            "progress_message": message,
+            "phase": self.phase,
+        }
+        if similarity is not None:
+            fields["last_similarity"] = similarity
+        await self.store.update(self.run_id, **fields)
+        await self.bus.publish(
+            self.run_id,
+            {
+                "type": "step",
+                "node": node,
+                "steps": self.steps,
+                "total": total,
+                "loop": self.loop,
+                "similarity": similarity,
+                "tokens": self.tokens,
+                "phase": self.phase,
+                "checkpoint_id": head,
+                "message": message,
+            },
+        )
+        current = await self.store.get(self.run_id)
+        if current and current["cancel_requested"] == CANCEL_NOW:
+            raise CancelledAtBoundary()
+        if current and current["cancel_requested"] == STOP_AT_BOUNDARY:
+            raise StopAtBoundary()
+
+    async def token(self, node: str, content: Any) -> None:
+        """Within a step: count streamed chunks and publish "tokens so far" a few times a second."""
+        self.tokens += 1
+        now = time.monotonic()
+        if now - self.last_event >= TOKEN_EVENT_INTERVAL:
+            self.last_event = now
+            await self.bus.publish(
+                self.run_id,
+                {
+                    "type": "tokens",
+                    "node": node,
+                    "tokens": self.tokens,
+                    "phase": self.phase,
+                    "message": f"{node}: {self.tokens} tokens so far",
+                },
+            )
