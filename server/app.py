@@ -15,14 +15,17 @@ from fastmcp import FastMCP
 from fastmcp.server.lifespan import lifespan
 
 from redraft import __version__
+from redraft.graph.bus import Bus, open_bus
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.companions import get_companion
 from redraft.graph.runner import Runner, thread_id_for
+from redraft.graph.runs import RunStore
 from redraft.nodes.model import ModelProvider
 from redraft.server.auth import build_auth
 from redraft.server.middleware import LearningMiddleware, SessionActivityMiddleware
 from redraft.server.sessions import SessionStore, principal_key
 from redraft.server.stats import StatsStore
+from redraft.server.tasks import tasks_extension
 from redraft.settings import Settings, get_settings
 
 log = logging.getLogger("redraft.server")
@@ -41,6 +44,8 @@ class AppState:
     runner: Runner | None = None
     sessions: SessionStore | None = None
     stats: StatsStore | None = None
+    runs: RunStore | None = None  # background runs (graph/runs.py): start_refine's and MCP tasks'
+    bus: Bus | None = None  # their progress events (graph/bus.py): in-process, or Redis with REDRAFT_REDIS_URL
 
     async def thread(self, session_id: str, companion: str) -> str:
         """Validate the companion and the caller's session (recording the access); return the thread id."""
@@ -61,6 +66,8 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
                 persistence.db, persistence.saver, settings.session_ttl_seconds, settings.max_sessions
             )
             state.stats = StatsStore(persistence.db)
+            state.runs = RunStore(persistence.db)
+            state.bus = open_bus(settings.redis_url)
             await _serve_input_schemas(server)
             sweeper = asyncio.create_task(_sweep_forever(state))
             try:
@@ -69,6 +76,7 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
+                await state.bus.close()
 
     mcp = FastMCP(
         "redraft",
@@ -82,6 +90,8 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
         dereference_schemas=False,
         middleware=[SessionActivityMiddleware(state), LearningMiddleware(state)],
     )
+    # MCP background tasks: refine, resume and replay run as tasks for clients that ask (server/tasks.py)
+    mcp.add_extension(tasks_extension(settings))
     from redraft.server.resources import register_resources
     from redraft.server.timetravel import register_timetravel
     from redraft.server.tools import register_tools

@@ -15,6 +15,7 @@ from redraft.graph import timetravel as tt
 from redraft.server.middleware import guard
 from redraft.server.models import DiffResult, HistoryPage, ThreadView
 from redraft.server.resources import BASE
+from redraft.server.tasks import TASK
 from redraft.server.tools import CompanionName, progress_reporter, view
 from redraft.server.validation import ID_CHARS, text
 
@@ -61,7 +62,7 @@ def register_timetravel(mcp: FastMCP, app) -> None:
         thread = await app.thread(session_id, companion)
         return view(session_id, companion, await tt.fork(app.runner, thread, checkpoint_id, critique, revision))
 
-    @mcp.tool
+    @mcp.tool(task=TASK)
     @guard()
     async def replay(
         ctx: Context, session_id: SessionId, checkpoint_id: CheckpointId, companion: CompanionName = "generic"

@@ -25,6 +25,7 @@ from redraft.server.models import (
     decision_type,
 )
 from redraft.server.sessions import principal_key
+from redraft.server.tasks import TASK
 from redraft.server.validation import ID_CHARS, text
 
 CompanionName = text(ID_CHARS, f"Companion type: one of {', '.join(COMPANION_MAP)}.")
@@ -144,7 +145,7 @@ def register_tools(mcp: FastMCP, app) -> None:
         thread = await app.thread(session_id, companion)
         return view(session_id, companion, await app.runner.revise(thread, text, critique))
 
-    @mcp.tool
+    @mcp.tool(task=TASK)
     @guard()
     async def refine(
         ctx: Context,
@@ -163,7 +164,7 @@ def register_tools(mcp: FastMCP, app) -> None:
         result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
         return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
 
-    @mcp.tool
+    @mcp.tool(task=TASK)
     @guard()
     async def resume(
         ctx: Context,

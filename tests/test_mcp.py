@@ -67,13 +67,20 @@ async def test_step_tools_phase_errors_and_resources_in_memory(server, stub):
         assert run_log == [r.structured_content["slot"]]
 
 
+class PlainClient(Client):
+    """A fastmcp.Client that does not opt in to MCP background tasks: refine runs in the call (tests/test_tasks.py
+    covers the task view)."""
+
+    _auto_internal_extensions = False
+
+
 async def test_refine_sends_progress_and_returns_the_slot(server, stub):
     progress = []
 
     async def on_progress(value, total, message):
         progress.append((value, total, message))
 
-    async with Client(server) as client:
+    async with PlainClient(server) as client:
         sid = await new_session(client)
         r = await client.call_tool(
             "refine", {"session_id": sid, "query": "Explain checkpoints."}, progress_handler=on_progress
