@@ -22,6 +22,7 @@ from typing import Any
 from redraft.errors import ConflictError, LeaseLostError, NotFoundError, RedraftError
 from redraft.graph.bus import Bus
 from redraft.graph.database import OWNER
+from redraft.graph.multitask import close_current_query, rollback_to
 from redraft.graph.runner import Runner, pending_gate
 from redraft.graph.runs import CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore
 from redraft.graph.state import phase_of
@@ -117,8 +118,8 @@ async def execute_run(
     if run["cancel_requested"] == CANCEL_NOW:
         await _finish(store, bus, run, "cancelled", error_code="cancelled", error_message="Cancelled.")
         return run_view(await store.get(run_id))
-    if run["multitask_strategy"] == "enqueue" and run["status"] == "queued":
-        await _wait_for_earlier_runs(store, run)
+    if run["multitask_strategy"] != "reject" and run["status"] == "queued":
+        await _wait_for_earlier_runs(store, run)  # enqueue; interrupt and rollback wait for the runs they stopped
     previous_worker = run["worker"]
     claimed = await store.update(
         run_id,
@@ -134,7 +135,9 @@ async def execute_run(
     thread_id = run["thread_id"]
     head, values = await _head(runner, thread_id)
     base = run["base_checkpoint"]
-    if base is None:
+    if base is None:  # the first attempt: apply the strategy's thread edit, then remember where the run starts
+        if await _prepare_thread(runner, store, run):
+            head, values = await _head(runner, thread_id)
         base = head
         await store.update(run_id, base_checkpoint=base)
     started_here = head == base  # nothing of this run was committed yet
@@ -211,6 +214,24 @@ async def execute_run(
         tokens=progress.tokens,
     )
     return run_view(await store.get(run_id))
+
+
+async def _prepare_thread(runner: Runner, store: RunStore, run: dict) -> bool:
+    """Before a run's first step: ``rollback`` removes the checkpoints of the runs it cancelled; ``interrupt`` with a
+    new query closes the query the stopped run left unfinished. True if the thread changed."""
+    strategy, request = run["multitask_strategy"], run["request"] or {}
+    if strategy == "rollback":
+        bases = []
+        for other in request.get("replaces") or []:
+            replaced = await store.get(other)
+            if replaced and replaced["base_checkpoint"] is not None:
+                bases.append(replaced["base_checkpoint"])
+        if bases:
+            await rollback_to(runner, run["thread_id"], min(bases))
+            return True
+    if strategy == "interrupt" and run["kind"] == "refine" and request.get("query") is not None:
+        return await close_current_query(runner, run["thread_id"], f"interrupted by run {run['run_id']}")
+    return False
 
 
 def _conflict_message() -> str:

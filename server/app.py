@@ -93,12 +93,14 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
     # MCP background tasks: refine, resume and replay run as tasks for clients that ask (server/tasks.py)
     mcp.add_extension(tasks_extension(settings))
     from redraft.server.resources import register_resources
+    from redraft.server.runs import register_runs
     from redraft.server.timetravel import register_timetravel
     from redraft.server.tools import register_tools
 
     register_tools(mcp, state)
     register_resources(mcp, state)
     register_timetravel(mcp, state)
+    register_runs(mcp, state)
     return mcp
 
 

@@ -2,25 +2,48 @@
 
 A client that opts in to the tasks extension gets a task id from ``tools/call`` at once; a Docket worker (in this
 process, or in any replica sharing ``REDRAFT_REDIS_URL``) runs the tool body, and the client polls ``tasks/get``.
-Inside that body ``ctx.task_id`` is the task id, ``ctx.report_progress(..., message)`` sets the task's status message
-(stored by Docket, so a poll through any replica sees it), a returned ``InputRequiredResult`` parks the task in
-``input_required`` (the worker is freed; ``tasks/update`` re-runs the body with ``ctx.input_responses``), and
-``tasks/cancel`` cancels the coroutine where it runs.
+How fastmcp-tasks drives that body:
+
+* ``ctx.task_id`` is the task id (``ctx.is_background_task``); it is also the run id of the run record the body binds
+  (``redraft_runs``), so ``run_status(task_id)`` and ``tasks/get`` are two views of one run;
+* ``ctx.report_progress(progress, total, message)`` sets the task's status message, stored by Docket (in Redis), so a
+  poll through any replica sees it; the body forwards the run's progress events (graph/bus.py) there;
+* returning an ``InputRequiredResult`` parks the task in ``input_required``: the leg ends and frees its worker.
+  ``tasks/update`` enqueues the next leg, which runs the body again (same arguments) with ``ctx.input_responses``;
+* ``tasks/cancel`` marks the task cancelled and cancels the coroutine wherever it runs (CancelledError in the body).
+
+A step-mode gate is asked as a form elicitation keyed by gate, slot and round, so an answer can only ever decide the
+gate it was asked for. Tool clients see the same run as ``run_status`` = interrupted with the pending gate, and answer
+it with ``resume``, which hands the decision to the parked task (or, for a run no task waits on, runs it itself).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from datetime import timedelta
+from typing import Any
 
+import mcp_types
+from fastmcp import Context
 from fastmcp.utilities.tasks import TaskConfig
 from fastmcp_tasks import TasksExtension
 
+from redraft.errors import ConflictError, InvalidInputError, RedraftError
+from redraft.graph.runexec import execute_run
+from redraft.graph.runs import ACTIVE, FINISHED
+from redraft.nodes.gate import ACTIONS
+from redraft.server.sessions import principal_key
 from redraft.settings import Settings
+
+log = logging.getLogger("redraft.tasks")
 
 # Tools whose calls may run as background tasks when the client asks for one; a client that does not gets the
 # ordinary blocking call. Clients poll once a second (progress lags the run by at most that).
 TASK = TaskConfig(mode="optional", poll_interval=timedelta(seconds=1))
+WAIT_POLL_S = 0.1
 
 
 def tasks_extension(settings: Settings) -> TasksExtension:
@@ -30,3 +53,241 @@ def tasks_extension(settings: Settings) -> TasksExtension:
     if settings.redis_url and not settings.redis_url.startswith("memory://"):
         return TasksExtension(url=settings.redis_url)
     return TasksExtension(url="memory://", name=f"redraft-{uuid.uuid4().hex[:12]}")
+
+
+def task_id_of(ctx: Context | None) -> str | None:
+    """The MCP task id when this call runs as a background task, else None."""
+    return ctx.task_id if ctx is not None and ctx.is_background_task else None
+
+
+# --- the task-mode body ---------------------------------------------------------------------------------------------
+
+
+async def run_task(
+    app, ctx: Context, *, kind: str, session_id: str, companion: str, thread: str, request: dict
+) -> dict | mcp_types.InputRequiredResult:
+    """The body of refine / resume / replay as a task: bind (or create) the run named by the task id, run it to its
+    next stop, and say how the task ends: a thread view (completed), an ``InputRequiredResult`` (a gate), or raise."""
+    run_id = ctx.task_id
+    run = await app.runs.get(run_id)
+    if run is None:
+        busy = [r["run_id"] for r in await app.runs.active_for_thread(thread)]
+        if busy:
+            raise ConflictError(f"Run {busy[0]} is active on this thread; wait for it (run_status) or cancel it.")
+        run = await app.runs.create(
+            run_id=run_id,
+            thread_id=thread,
+            session_id=session_id,
+            companion=companion,
+            principal=principal_key(),
+            kind=kind,
+            request={**request, "task": True},
+        )
+    decision = None
+    if run["status"] == "interrupted":
+        gate = (run.get("result") or {}).get("pending_gate")
+        if gate is not None:
+            answer = _answer_to(gate, ctx.input_responses)
+            if answer is None:  # nothing answered this gate yet (say, a redelivered leg): ask (again)
+                return ask(gate)
+            if answer.action != "accept":  # declined: the task ends; the run waits for a decision through resume
+                await app.runs.update(run_id, request={**(run["request"] or {}), "task": False})
+                return run["result"]
+            try:
+                decision = _checked(app, gate, answer.content or {})
+            except InvalidInputError as exc:
+                return ask(gate, problem=exc.message)
+    outcome = await _execute(app, ctx, run_id, decision)
+    return ending(outcome)
+
+
+async def _execute(app, ctx: Context, run_id: str, decision: dict | None) -> dict:
+    """execute_run with the run's progress forwarded to the task's status message; a ``tasks/cancel`` ends the run
+    cancelled (a shutdown's cancellation leaves it running, for a restart or another replica to continue)."""
+    forward = asyncio.create_task(_forward_progress(ctx, app.bus, run_id))
+    await asyncio.sleep(0)  # let the forwarder subscribe before the run publishes
+    try:
+        return await execute_run(app.runner, app.runs, app.bus, run_id, decision=decision)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            if await asyncio.shield(_cancelled_by_client(ctx)):
+                await asyncio.shield(_finish_cancelled(app, run_id))
+        raise
+    finally:
+        forward.cancel()
+
+
+async def _forward_progress(ctx: Context, bus, run_id: str) -> None:
+    steps = 0
+    try:
+        async for event in bus.subscribe(run_id):
+            if event.get("type") not in ("step", "tokens"):
+                continue
+            steps = event.get("steps") or steps
+            message = event.get("message") or ""
+            if event.get("type") == "step":
+                loop, similarity = event.get("loop"), event.get("similarity")
+                message += f" (loop {loop}" + (f", similarity {similarity:.3f})" if similarity is not None else ")")
+            await ctx.report_progress(steps, event.get("total"), message)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # progress is best effort: the run must not fail on it
+        log.info("progress of task %s not forwarded", run_id, exc_info=True)
+
+
+async def _cancelled_by_client(ctx: Context) -> bool:
+    """Whether a ``tasks/cancel`` (rather than a shutdown) cancelled this task."""
+    from fastmcp_tasks.context import get_task_context
+    from fastmcp_tasks.input_store import is_cancelled
+
+    info, docket = get_task_context(), ctx.fastmcp._docket
+    return info is not None and docket is not None and await is_cancelled(docket, info.task_scope, info.task_id)
+
+
+async def _finish_cancelled(app, run_id: str) -> None:
+    message = "Cancelled; the thread stays at its last checkpoint (resume continues it)."
+    await app.runs.finish(
+        run_id, "cancelled", expect=(*ACTIVE, "interrupted"), error_code="cancelled", error_message=message
+    )
+    await app.bus.publish(run_id, {"type": "finished", "status": "cancelled", "phase": None})
+
+
+def ending(outcome: dict, in_task: bool = True) -> dict | mcp_types.InputRequiredResult:
+    """A run's view -> the thread view a completed call carries, an ask for its gate (a task's; a blocking call shows
+    the thread with its pending gate), or its error."""
+    status = outcome["status"]
+    if status == "succeeded":
+        return outcome["result"]
+    if status == "interrupted" and outcome.get("pending_gate"):
+        return ask(outcome["pending_gate"]) if in_task else outcome["result"]
+    if status == "running":  # a live worker elsewhere holds this run (a duplicate delivery): report, don't wait
+        raise ConflictError(f"Run {outcome['run_id']} is running on another worker; poll run_status for it.")
+    error = outcome.get("error") or {"code": "conflict", "message": "The run was stopped by a newer run."}
+    raise run_error(error["code"], error["message"])
+
+
+def run_error(code: str, message: str) -> RedraftError:
+    """A run's recorded error as the RedraftError a client sees (``<code>: <message>``, retryable as its kind is)."""
+    exc = RedraftError(message)
+    exc.code = code
+    exc.retryable = any(cls.code == code and cls.retryable for cls in _error_classes(RedraftError))
+    return exc
+
+
+def _error_classes(base: type) -> list[type]:
+    return [cls for sub in base.__subclasses__() for cls in (sub, *_error_classes(sub))]
+
+
+# --- gates as input_required ----------------------------------------------------------------------------------------
+
+
+def gate_key(gate: dict) -> str:
+    """The input request key of one gate: an answer can only decide the gate it was asked for."""
+    return f"{gate['gate']}-{gate['slot']}-{gate['round']}"
+
+
+def ask(gate: dict, problem: str | None = None) -> mcp_types.InputRequiredResult:
+    """The step-mode gate as a form elicitation: the action (the gate's choices) and its text."""
+    name = gate["gate"]
+    properties: dict[str, Any] = {
+        "action": {
+            "type": "string",
+            "enum": list(ACTIONS[name]),
+            "description": "approve: let the model "
+            + ("critique" if name == "critique" else "revise")
+            + "; replace: supply the text yourself"
+            + ("; edit: correct the pending critique, then let the model revise" if name == "revise" else ""),
+        },
+        "text": {"type": "string", "description": f"replace: your {'critique' if name == 'critique' else 'revision'}"},
+    }
+    if name == "revise":
+        properties["critique"] = {"type": "string", "description": "edit: the corrected critique"}
+    about = gate.get("text") if name == "critique" else gate.get("critique")
+    message = (
+        f"Step-mode gate before {name} (query {gate['slot']}, round {gate['round']}). "
+        + (f"It works on: {about[:500]}" if about else "")
+    ).strip()
+    if problem:
+        message = f"invalid_input: {problem} -- {message}"
+    request = mcp_types.ElicitRequest(
+        params=mcp_types.ElicitRequestFormParams(
+            message=message,
+            requested_schema={"type": "object", "properties": properties, "required": ["action"]},
+        )
+    )
+    return mcp_types.InputRequiredResult(input_requests={gate_key(gate): request})
+
+
+def _answer_to(gate: dict, responses: Any) -> mcp_types.ElicitResult | None:
+    answer = (responses or {}).get(gate_key(gate))
+    return answer if isinstance(answer, mcp_types.ElicitResult) else None
+
+
+def _checked(app, gate: dict, content: dict) -> dict:
+    """The decision an elicitation answer carries, held to resume's rules (valid action, texts within limits)."""
+    decision = {k: content[k] for k in ("action", "text", "critique") if isinstance(content.get(k), str)}
+    return app.runner._checked_decision(gate["gate"], decision)
+
+
+# --- resume: answering a run parked at a gate -----------------------------------------------------------------------
+
+
+async def parked_run(app, thread: str) -> dict | None:
+    """The thread's newest run that stopped at a gate and still waits for its decision, if any."""
+    row = await app.runs.db.fetchone(
+        "SELECT run_id FROM redraft_runs WHERE thread_id = ? AND status = 'interrupted' "
+        "ORDER BY updated_at DESC LIMIT 1",
+        (thread,),
+    )
+    if row is None:
+        return None
+    run = await app.runs.get(row["run_id"])
+    return run if (run.get("result") or {}).get("pending_gate") else None
+
+
+async def answer_parked(app, server, run: dict, decision: dict | None) -> dict:
+    """Resume the run parked at a gate with ``decision`` and wait for its next stop; returns the run's view. A parked
+    MCP task gets the decision as its answer (``tasks/update``: its next leg runs, on any replica); a run no task waits
+    on is continued here. Either way it is the same run."""
+    gate = run["result"]["pending_gate"]
+    checked = app.runner._checked_decision(gate["gate"], decision)  # bad input: a clear error, nothing changed
+    if (run["request"] or {}).get("task") and await _answer_task(server, run, gate, checked):
+        return await _wait_past(app, run)
+    return await execute_run(app.runner, app.runs, app.bus, run["run_id"], decision=checked)
+
+
+async def _answer_task(server, run: dict, gate: dict, decision: dict) -> bool:
+    """Deliver ``decision`` to the parked task's open ask; False if the task no longer waits for it."""
+    from fastmcp_tasks.context import get_task_scope
+    from fastmcp_tasks.handlers import tasks_update
+    from fastmcp_tasks.input_store import _read_outstanding_map, load_current_leg
+    from mcp.shared.exceptions import MCPError
+
+    docket, scope, task_id = server._docket, get_task_scope(), run["run_id"]
+    if docket is None:
+        return False
+    _, leg = await load_current_leg(docket, scope, task_id)
+    asked = await _read_outstanding_map(docket, scope, task_id, leg)  # surfaced key -> our key (gate_key)
+    surfaced = [key for key, ours in asked.items() if ours == gate_key(gate)]
+    if not surfaced:
+        return False
+    answer = mcp_types.ElicitResult(action="accept", content=decision)
+    try:
+        await tasks_update(server, task_id, {surfaced[0]: answer.model_dump(by_alias=True, exclude_none=True)})
+    except MCPError:
+        return False
+    return True
+
+
+async def _wait_past(app, run: dict) -> dict:
+    """Wait until the run has been picked up again (attempts grew) and stopped; its view."""
+    from redraft.graph.runexec import run_view
+
+    while True:
+        current = await app.runs.get(run["run_id"])
+        if current["status"] in FINISHED or (current["attempts"] > run["attempts"] and current["status"] not in ACTIVE):
+            return run_view(current)
+        await asyncio.sleep(WAIT_POLL_S)
+
+
+__all__ = ["TASK", "answer_parked", "ask", "ending", "parked_run", "run_task", "task_id_of", "tasks_extension"]

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastmcp import Context, FastMCP
 from fastmcp.server.sessions import SessionId
+from mcp_types import InputRequiredResult
 from pydantic import Field
 
 from redraft.graph.companions import COMPANION_MAP, get_companion
@@ -25,7 +26,7 @@ from redraft.server.models import (
     decision_type,
 )
 from redraft.server.sessions import principal_key
-from redraft.server.tasks import TASK
+from redraft.server.tasks import TASK, answer_parked, ending, parked_run, run_task, task_id_of
 from redraft.server.validation import ID_CHARS, text
 
 CompanionName = text(ID_CHARS, f"Companion type: one of {', '.join(COMPANION_MAP)}.")
@@ -158,10 +159,19 @@ def register_tools(mcp: FastMCP, app) -> None:
     ) -> ThreadView:
         """Run draft -> critique -> revise until the critic is satisfied, consecutive versions converge, or max_loops
         is reached. Sends a progress notification after every step. In `step` mode it stops at each human gate:
-        answer with `resume`."""
+        answer with `resume`. As an MCP background task it returns a task id at once; progress is the task's status
+        message and a gate is the task state input_required; `run_status(task_id)` shows the same run."""
         thread = await app.thread(session_id, companion)
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
-        result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
+        if task_id_of(ctx):  # a background task: its run record, progress as status messages, gates as input_required
+            request = {"query": query, "options": options}
+            result = await run_task(
+                app, ctx, kind="refine", session_id=session_id, companion=companion, thread=thread, request=request
+            )
+            if isinstance(result, InputRequiredResult):
+                return result
+        else:
+            result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
         return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
 
     @mcp.tool(task=TASK)
@@ -178,7 +188,19 @@ def register_tools(mcp: FastMCP, app) -> None:
         steps are never repeated."""
         thread = await app.thread(session_id, companion)
         payload = decision.model_dump(exclude_none=True) if decision else None
-        result = await app.runner.resume(thread, payload, on_step=progress_reporter(ctx))
+        in_task = task_id_of(ctx) is not None
+        parked = await parked_run(app, thread)
+        if parked is not None:  # a background run waits at a gate: this decision resumes that same run
+            result = ending(await answer_parked(app, ctx.fastmcp, parked, payload), in_task)
+        elif in_task:
+            request = {"decision": payload}
+            result = await run_task(
+                app, ctx, kind="resume", session_id=session_id, companion=companion, thread=thread, request=request
+            )
+        else:
+            result = await app.runner.resume(thread, payload, on_step=progress_reporter(ctx))
+        if isinstance(result, InputRequiredResult):
+            return result
         return view(session_id, companion, result)
 
     @mcp.tool(annotations={"readOnlyHint": True})
