@@ -142,6 +142,11 @@ class Database:
                 raise storage_error(exc) from None
             raise
 
+    async def execute_serialised(self, sql: str, params: tuple = ()) -> int:
+        """Execute one statement that reads and writes the same table, serialised against every other such call on
+        the database (a count-then-insert cap is exact). SQLite serialises writers already."""
+        return await self.execute(sql, params)
+
     async def setup(self) -> None:
         for statement in SCHEMA:
             await self.execute(statement)
@@ -226,6 +231,12 @@ class PostgresDatabase(Database):
         async with self.pool.connection() as conn:
             cur = await conn.execute(_pg(sql), params)
             return list(await cur.fetchall())
+
+    async def execute_serialised(self, sql: str, params: tuple = ()) -> int:
+        async with self.guarded(), self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7710337002)")
+            cur = await conn.execute(_pg(sql), params)
+            return cur.rowcount
 
     async def setup(self) -> None:
         async with self.guarded(), self.pool.connection() as conn, conn.transaction():

@@ -12,7 +12,7 @@ from typing import Any
 
 from redraft.errors import CheckpointNotFoundError, InvalidInputError, PhaseError
 from redraft.graph.clock import order_after
-from redraft.graph.convergence import similarity, similarity_async
+from redraft.graph.convergence import similarity_async
 from redraft.graph.runner import Runner, describe
 from redraft.graph.state import event, phase_of, versions
 from redraft.graph.worddiff import word_diff_async
@@ -286,7 +286,7 @@ async def fork(
             previous = versions(slot)[-2]
             update = {
                 "run_log": [event("edit_revision", index, n, text=text)],
-                "scores": [{"slot": index, "iteration": n, "similarity": similarity(previous, text)}],
+                "scores": [{"slot": index, "iteration": n, "similarity": await similarity_async(previous, text)}],
             }
             as_node = "revise"
         else:

@@ -82,10 +82,9 @@ class SessionStore:
         return {"session_id": session_id, "created_at": now, "expires_after_idle_s": self.ttl}
 
     async def _insert_below_cap(self, session_id: str, principal: str, now: float) -> bool:
-        # one statement, so exact on SQLite (one connection). On PostgreSQL, creates racing on separate connections
-        # may each take the last free row: the table can exceed the cap by at most the number of such racers.
+        # serialised (an advisory lock on PostgreSQL), so racing creates on any replicas never pass the cap
         return (
-            await self.db.execute(
+            await self.db.execute_serialised(
                 "INSERT INTO redraft_sessions (session_id, principal, created_at, last_accessed) "
                 "SELECT ?, ?, ?, ? WHERE (SELECT count(*) FROM redraft_sessions) < ?",
                 (session_id, principal, now, now, self.max_sessions),

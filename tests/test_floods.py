@@ -187,3 +187,18 @@ async def test_a_token_in_a_query_string_gets_401_and_is_never_logged(tmp_path, 
     assert re.search(r'"GET /mcp\?access_token=\*{4} HTTP/1.1" 401', text), text[-3000:]
     assert re.search(r'"POST /mcp\?token=\*{4} HTTP/1.1" 401', text)
     assert re.search(r'"GET /mcp\?API_KEY=\*{4}&page=2 HTTP/1.1" 401', text)
+
+
+@pytest.mark.postgres
+async def test_racing_creates_on_two_replicas_never_pass_the_cap(pg_url, stub):
+    from redraft.errors import SessionLimitError
+    from redraft.graph.checkpointer import open_persistence
+    from redraft.server.sessions import SessionStore
+
+    settings = make_settings(pg_url, stub, max_sessions=5)
+    async with open_persistence(settings) as pa, open_persistence(settings) as pb:
+        stores = [SessionStore(p.db, p.saver, 600, 5) for p in (pa, pb)]
+        results = await asyncio.gather(*[stores[i % 2].create("anon") for i in range(30)], return_exceptions=True)
+        assert sum(not isinstance(r, BaseException) for r in results) == 5
+        assert all(isinstance(r, SessionLimitError) for r in results if isinstance(r, BaseException))
+        assert (await pa.db.fetchone("SELECT count(*) AS n FROM redraft_sessions"))["n"] == 5
