@@ -144,3 +144,32 @@ async def test_stalls_and_resets_are_retryable_storage_errors_and_the_pool_recov
             assert [e["node"] for e in (await history(runner, thread))["checkpoints"]][:1] == ["critique"]
     finally:
         proxy.stop()
+
+
+@pytest.mark.postgres
+async def test_a_read_only_database_is_a_retryable_storage_error_on_every_table(pg_url, pg_admin_url, stub):
+    import psycopg
+
+    from redraft.server.sessions import SessionStore
+
+    name = pg_url.rsplit("/", 1)[1]
+
+    def admin(sql: str) -> None:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(sql)
+            conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        time.sleep(0.5)  # the pool sees its connections closed (their sockets turn readable) and replaces them
+
+    settings = make_settings(pg_url, stub)
+    async with open_persistence(settings) as p:
+        runner, store = Runner(p, settings), SessionStore(p.db, p.saver, 600, 100)
+        thread = new_thread()
+        await runner.draft(thread, "generic", "Read only.")
+        await asyncio.to_thread(admin, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        for call in (lambda: store.create("anon"), lambda: runner.critique(thread)):  # own tables, checkpoints
+            with pytest.raises(StorageError) as err:
+                await call()
+            assert err.value.retryable and "ReadOnly" in err.value.message
+        await asyncio.to_thread(admin, f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
+        await store.create("anon")
+        assert (await runner.critique(thread))["phase"] == "needs_revision"
