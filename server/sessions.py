@@ -192,6 +192,8 @@ class SessionStore:
         return swept
 
     async def _delete_threads(self, session_id: str) -> int:
+        # the session's background runs (graph/runs.py) go with its threads
+        await self.db.execute("DELETE FROM redraft_runs WHERE session_id = ?", (session_id,))
         deleted = 0
         for thread_id in _threads_of(session_id):
             if await self.saver.aget_tuple({"configurable": {"thread_id": thread_id}}) is not None:

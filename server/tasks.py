@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,7 @@ import mcp_types
 from fastmcp import Context
 from fastmcp.utilities.tasks import TaskConfig
 from fastmcp_tasks import TasksExtension
+from fastmcp_tasks.models import CreateTaskResult
 
 from redraft.errors import ConflictError, InvalidInputError, RedraftError
 from redraft.graph.runexec import execute_run
@@ -44,6 +46,59 @@ log = logging.getLogger("redraft.tasks")
 # ordinary blocking call. Clients poll once a second (progress lags the run by at most that).
 TASK = TaskConfig(mode="optional", poll_interval=timedelta(seconds=1))
 WAIT_POLL_S = 0.1
+TOUCH_EVERY_S = 1.0  # a running task records activity on its session at most this often
+
+
+ELICIT_KEY_TTL_S = 7 * 24 * 3600
+
+
+class RedraftTasks(TasksExtension):
+    """The tasks extension, also noting per task whether its client can answer an elicitation (declared the
+    elicitation capability on the ``tools/call``): a gate is asked only of a client that can answer it (MCP forbids
+    sending an elicitation to one that cannot); to any other it ends the task with the thread at its pending gate."""
+
+    async def intercept_tool_call(self, params, context, call_next):
+        outcome = await super().intercept_tool_call(params, context, call_next)
+        if isinstance(outcome, CreateTaskResult) and self.server._docket is not None:
+            caps = ((context.request_context and context.request_context.meta) or {}).get(
+                mcp_types.CLIENT_CAPABILITIES_META_KEY
+            )
+            can = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
+            docket = self.server._docket
+            async with docket.redis() as redis:
+                await redis.set(_elicit_key(docket, outcome.task_id), "1" if can else "0", ex=ELICIT_KEY_TTL_S)
+        return outcome
+
+    async def _handle_get(self, ctx, params):
+        """``tasks/get``; a client that collects a task's result (or its gate) is active on the run's session, as a
+        blocking call's end is (SessionActivityMiddleware), so the session's idle time counts from here."""
+        result = await super()._handle_get(ctx, params)
+        if result.status in ("completed", "input_required"):
+            app = (self.server._lifespan_result or {}).get("redraft")
+            with contextlib.suppress(Exception):
+                run = await app.runs.get(params.task_id)
+                if run is not None:
+                    await app.sessions.touch_quietly(run["principal"], run["session_id"])
+        return result
+
+
+def _elicit_key(docket, task_id: str) -> str:
+    return docket.key(f"redraft:can-elicit:{task_id}")
+
+
+async def can_elicit(ctx: Context) -> bool:
+    """Whether this task's client declared it can answer elicitations (noted just after the task was created; a gate
+    comes after at least one step, but wait briefly in case this worker outran that write)."""
+    docket = ctx.fastmcp._docket
+    if docket is None:
+        return False
+    for _ in range(50):
+        async with docket.redis() as redis:
+            value = await redis.get(_elicit_key(docket, ctx.task_id))
+        if value is not None:
+            return value in (b"1", "1")
+        await asyncio.sleep(0.02)
+    return False
 
 
 def tasks_extension(settings: Settings) -> TasksExtension:
@@ -51,8 +106,8 @@ def tasks_extension(settings: Settings) -> TasksExtension:
     ``FASTMCP_DOCKET_NAME``, default ``fastmcp``) or, unset, on Docket's in-process ``memory://`` backend. In-process
     queues get a name of their own: several apps in one process (tests) must not run each other's tasks."""
     if settings.redis_url and not settings.redis_url.startswith("memory://"):
-        return TasksExtension(url=settings.redis_url)
-    return TasksExtension(url="memory://", name=f"redraft-{uuid.uuid4().hex[:12]}")
+        return RedraftTasks(url=settings.redis_url)
+    return RedraftTasks(url="memory://", name=f"redraft-{uuid.uuid4().hex[:12]}")
 
 
 def task_id_of(ctx: Context | None) -> str | None:
@@ -97,14 +152,48 @@ async def run_task(
                 decision = _checked(app, gate, answer.content or {})
             except InvalidInputError as exc:
                 return ask(gate, problem=exc.message)
-    outcome = await _execute(app, ctx, run_id, decision)
+    started = time.monotonic()
+    outcome = await _execute(app, ctx, run_id, decision, session_id)
+    if outcome.get("result") and outcome["status"] in ("succeeded", "interrupted"):
+        full_run = kind == "refine" and request.get("query") is not None and decision is None
+        await _learn(app, kind, outcome["result"], time.monotonic() - started, full_run)
+    if outcome["status"] == "interrupted" and outcome.get("pending_gate") and not await can_elicit(ctx):
+        # no one to ask: the task ends with the thread at its gate; resume answers it (the run waits, interrupted)
+        await app.runs.update(run_id, request={**(run["request"] or {}), "task": False})
+        return outcome["result"]
     return ending(outcome)
 
 
-async def _execute(app, ctx: Context, run_id: str, decision: dict | None) -> dict:
+async def _learn(app, name: str, data: dict, elapsed: float, full_run: bool) -> None:
+    """The learning stats a blocking call records in LearningMiddleware (server/middleware.py), for a task's run."""
+    companion = (data.get("run_config") or {}).get("companion")
+    if app.stats is None or not companion or data.get("phase") is None:
+        return
+    try:
+        await app.stats.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}")
+        if data["phase"] == "done" and data.get("stop_reason"):
+            await app.stats.record(
+                companion,
+                "run",
+                iterations=len((data.get("slot") or {}).get("revision") or []),
+                final_similarity=(data.get("similarities") or [None])[-1],
+                stop_reason=data["stop_reason"],
+                duration_s=elapsed if full_run else None,
+            )
+    except Exception:
+        log.warning("could not record stats for a %s task", name, exc_info=True)
+
+
+async def _execute(app, ctx: Context, run_id: str, decision: dict | None, session_id: str) -> dict:
     """execute_run with the run's progress forwarded to the task's status message; a ``tasks/cancel`` ends the run
-    cancelled (a shutdown's cancellation leaves it running, for a restart or another replica to continue)."""
-    forward = asyncio.create_task(_forward_progress(ctx, app.bus, run_id))
+    cancelled (a shutdown's cancellation leaves it running, for a restart or another replica to continue). The run
+    counts as activity on its session, so a session whose TTL is shorter than the run does not expire under it."""
+    principal = principal_key()
+
+    async def touch() -> None:
+        await app.sessions.touch_quietly(principal, session_id)
+
+    forward = asyncio.create_task(_forward_progress(ctx, app.bus, run_id, touch))
     await asyncio.sleep(0)  # let the forwarder subscribe before the run publishes
     try:
         return await execute_run(app.runner, app.runs, app.bus, run_id, decision=decision)
@@ -115,10 +204,12 @@ async def _execute(app, ctx: Context, run_id: str, decision: dict | None) -> dic
         raise
     finally:
         forward.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(touch())
 
 
-async def _forward_progress(ctx: Context, bus, run_id: str) -> None:
-    steps = 0
+async def _forward_progress(ctx: Context, bus, run_id: str, touch) -> None:
+    steps, touched = 0, time.monotonic()
     try:
         async for event in bus.subscribe(run_id):
             if event.get("type") not in ("step", "tokens"):
@@ -128,6 +219,9 @@ async def _forward_progress(ctx: Context, bus, run_id: str) -> None:
             if event.get("type") == "step":
                 loop, similarity = event.get("loop"), event.get("similarity")
                 message += f" (loop {loop}" + (f", similarity {similarity:.3f})" if similarity is not None else ")")
+                if time.monotonic() - touched > TOUCH_EVERY_S:
+                    touched = time.monotonic()
+                    await touch()
             await ctx.report_progress(steps, event.get("total"), message)
     except asyncio.CancelledError:
         raise

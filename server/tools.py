@@ -164,14 +164,15 @@ def register_tools(mcp: FastMCP, app) -> None:
         thread = await app.thread(session_id, companion)
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
         if task_id_of(ctx):  # a background task: its run record, progress as status messages, gates as input_required
+            stats = await app.stats.summary(companion, transitions=False)  # what was known before this run
             request = {"query": query, "options": options}
             result = await run_task(
                 app, ctx, kind="refine", session_id=session_id, companion=companion, thread=thread, request=request
             )
             if isinstance(result, InputRequiredResult):
                 return result
-        else:
-            result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
+            return view(session_id, companion, result, stats)
+        result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
         return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
 
     @mcp.tool(task=TASK)
@@ -188,11 +189,11 @@ def register_tools(mcp: FastMCP, app) -> None:
         steps are never repeated."""
         thread = await app.thread(session_id, companion)
         payload = decision.model_dump(exclude_none=True) if decision else None
-        in_task = task_id_of(ctx) is not None
         parked = await parked_run(app, thread)
-        if parked is not None:  # a background run waits at a gate: this decision resumes that same run
-            result = ending(await answer_parked(app, ctx.fastmcp, parked, payload), in_task)
-        elif in_task:
+        if parked is not None:  # a background run waits at a gate: this decision resumes that same run (to its next
+            # stop; a next gate is shown in the view, as a blocking resume shows it)
+            result = ending(await answer_parked(app, ctx.fastmcp, parked, payload), in_task=False)
+        elif task_id_of(ctx):
             request = {"decision": payload}
             result = await run_task(
                 app, ctx, kind="resume", session_id=session_id, companion=companion, thread=thread, request=request

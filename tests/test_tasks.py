@@ -7,12 +7,17 @@ import asyncio
 import time
 
 import mcp
+import mcp_types
 from fastmcp.utilities.tasks import TASKS_EXTENSION_ID
 from fastmcp_tasks.client_models import (
+    CancelTaskRequest,
+    CancelTaskRequestParams,
     ClientCreateTaskResult,
     ClientGetTaskResult,
     GetTaskRequest,
     GetTaskRequestParams,
+    UpdateTaskRequest,
+    UpdateTaskRequestParams,
 )
 from mcp.client.extension import ClientExtension, ResultClaim
 
@@ -42,18 +47,33 @@ async def get_task(client: mcp.Client, task_id: str) -> ClientGetTaskResult:
     return await client.session.send_request(request, ClientGetTaskResult, request_read_timeout_seconds=5)
 
 
-async def poll(client: mcp.Client, task_id: str, until=TERMINAL, timeout: float = 120) -> tuple[ClientGetTaskResult, list]:
+async def update_task(client: mcp.Client, task_id: str, key: str, content: dict) -> None:
+    answer = mcp_types.ElicitResult(action="accept", content=content).model_dump(by_alias=True, exclude_none=True)
+    request = UpdateTaskRequest(params=UpdateTaskRequestParams(task_id=task_id, input_responses={key: answer}))
+    await client.session.send_request(request, mcp_types.Result, request_read_timeout_seconds=5)
+
+
+async def cancel_task(client: mcp.Client, task_id: str) -> None:
+    request = CancelTaskRequest(params=CancelTaskRequestParams(task_id=task_id))
+    await client.session.send_request(request, mcp_types.Result, request_read_timeout_seconds=5)
+
+
+async def never_called(context, params):
+    raise AssertionError("the test answers gates through tasks/update itself")
+
+
+async def poll(client: mcp.Client, task_id: str, until=TERMINAL, within: float = 120) -> tuple:
     """Poll tasks/get at the advertised interval until the task's status is in ``until``; also return every
     (status, status message) seen."""
     seen = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         task = await get_task(client, task_id)
         seen.append((task.status, task.status_message))
         if task.status in until:
             return task, seen
         await asyncio.sleep((task.poll_interval_ms or 1000) / 1000)
-    raise AssertionError(f"task {task_id} did not reach {until} in {timeout}s; saw {seen[-5:]}")
+    raise AssertionError(f"task {task_id} did not reach {until} in {within}s; saw {seen[-5:]}")
 
 
 async def test_official_sdk_client_with_5s_read_timeout_completes_a_20_step_refine_by_task_polling(
@@ -90,3 +110,104 @@ async def test_official_sdk_client_with_5s_read_timeout_completes_a_20_step_refi
     assert len(set(messages)) >= 15, messages
     assert any("revise done (loop 10" in m for m in messages) or any("step 2" in m for m in messages), messages
     assert any("tokens so far" in m for m in messages), messages
+
+
+def only_request(task: ClientGetTaskResult) -> tuple[str, dict]:
+    assert task.status == "input_required" and len(task.input_requests) == 1, task
+    return next(iter(task.input_requests.items()))
+
+
+async def test_step_mode_gates_are_input_required_answered_by_tasks_update_or_by_resume(pg_url, redis_url, stub):
+    """A step-mode refine as a task parks at each gate (input_required; no worker waits). The task client answers one
+    gate with tasks/update; a tool client sees run_status = interrupted with the pending gate and answers the next
+    with resume. Both answers resume the same run, and the task completes with the finished thread."""
+    stub.configure(draft_words=30, critique_words=5)
+    with http_server(server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)) as server:
+        async with (
+            mcp.Client(
+                server.url, read_timeout_seconds=5, extensions=[TasksOptIn()], elicitation_callback=never_called
+            ) as tasks_client,
+            mcp.Client(server.url, read_timeout_seconds=5) as tool_client,
+        ):
+            sid = (await tool_client.call_tool("create_session", {})).structured_content["session_id"]
+            args = {"session_id": sid, "companion": "summary", "query": "Summarise durable runs.", "max_loops": 1}
+            created = await tasks_client.session.call_tool("refine", args, allow_claimed=True)
+            task_id = created.task_id
+
+            task, _ = await poll(tasks_client, task_id, until=("input_required", *TERMINAL), within=30)
+            key, request = only_request(task)
+            assert request["method"] == "elicitation/create"
+            schema = request["params"]["requestedSchema"]
+            assert schema["properties"]["action"]["enum"] == ["approve", "replace"]
+            assert "before critique" in request["params"]["message"]
+            run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
+            assert run["status"] == "interrupted" and run["pending_gate"]["gate"] == "critique"
+            requests_before = len(stub.requests)
+
+            # a bad answer is refused with a clear reason and asked again; nothing ran
+            await update_task(tasks_client, task_id, key, {"action": "delete"})
+            task, _ = await poll(tasks_client, task_id, until=("input_required", *TERMINAL), within=30)
+            key, request = only_request(task)
+            assert request["params"]["message"].startswith("invalid_input: A critique decision must be one of")
+            assert len(stub.requests) == requests_before
+
+            # the task client answers the critique gate: the run writes that critique and parks at the revise gate
+            await update_task(tasks_client, task_id, key, {"action": "replace", "text": "Say what survives a crash."})
+            task, _ = await poll(tasks_client, task_id, until=("input_required", *TERMINAL), within=30)
+            _, request = only_request(task)
+            assert "before revise" in request["params"]["message"]
+            choices = request["params"]["requestedSchema"]["properties"]["action"]["enum"]
+            assert choices == ["approve", "edit", "replace"]
+            assert len(stub.requests) == requests_before  # a replaced critique asks the model nothing
+
+            # the tool client sees the same run interrupted at the revise gate and answers it with resume
+            run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
+            assert run["status"] == "interrupted" and run["pending_gate"]["gate"] == "revise"
+            done = await tool_client.call_tool("resume", {"session_id": sid, "companion": "summary"})
+            assert done.structured_content["phase"] == "done"
+
+            task, _ = await poll(tasks_client, task_id, within=30)
+            run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
+
+    assert task.status == "completed" and not task.result.get("isError"), task
+    view = task.result["structuredContent"]
+    assert view["phase"] == "done" and view["slot"]["critique"] == ["Say what survives a crash."]
+    assert len(view["slot"]["revision"]) == 1
+    assert run["status"] == "succeeded" and run["attempts"] >= 3  # one run, resumed at each gate
+    assert [r["node"] for r in stub.requests] == ["draft", "revise"]
+
+
+async def test_tasks_cancel_stops_the_run_mid_model_call_and_the_thread_resumes(pg_url, redis_url, stub):
+    stub.configure(latency_ms=1500, changes=[12])
+    with http_server(server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)) as server:
+        async with (
+            mcp.Client(server.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as tasks_client,
+            mcp.Client(server.url, read_timeout_seconds=5) as tool_client,
+        ):
+            sid = (await tool_client.call_tool("create_session", {})).structured_content["session_id"]
+            args = {"session_id": sid, "query": "Cancel me.", "max_loops": 3, "similarity_threshold": 1.0}
+            created = await tasks_client.session.call_tool("refine", args, allow_claimed=True)
+            for _ in range(200):  # until the draft committed and the critique's model call is in flight
+                if len(stub.requests) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            await cancel_task(tasks_client, created.task_id)
+            while True:
+                run = (await tool_client.call_tool("run_status", {"run_id": created.task_id})).structured_content
+                if run["status"] != "running":
+                    break
+                await asyncio.sleep(0.05)
+            cancel_latency = time.monotonic() - started
+            task = await get_task(tasks_client, created.task_id)
+            status = (await tool_client.call_tool("status", {"session_id": sid})).structured_content
+            stub.configure(latency_ms=0)
+            resumed = await tool_client.call_tool("resume", {"session_id": sid})
+
+    assert task.status == "cancelled"
+    assert run["status"] == "cancelled" and run["error"]["code"] == "cancelled"
+    assert cancel_latency < 1.0, cancel_latency
+    assert status["phase"] == "ready_to_critique"  # at its last checkpoint: the draft
+    assert resumed.structured_content["phase"] == "done"  # and it continues from there
+    assert [r["node"] for r in stub.requests].count("draft") == 1
