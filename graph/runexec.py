@@ -31,6 +31,7 @@ log = logging.getLogger("redraft.runs")
 
 TOKEN_EVENT_INTERVAL = 0.25  # seconds between "tokens so far" events within a step
 QUEUE_POLL_INTERVAL = 0.1  # seconds between looks at an earlier run on the thread (enqueue)
+LEASE_RETRIES = 3  # times a run continues after losing its step lease to slowness (nothing of that step committed)
 
 
 class StopAtBoundary(Exception):
@@ -80,6 +81,29 @@ async def _head(runner: Runner, thread_id: str) -> tuple[str, dict]:
     """The thread's head checkpoint id ("" for an empty thread) and its state values."""
     snap = await runner.snapshot(thread_id)
     return (snap.config or {}).get("configurable", {}).get("checkpoint_id") or "", snap.values or {}
+
+
+async def head_checkpoint_id(runner: Runner, thread_id: str) -> str:
+    """The id of the thread's newest checkpoint ("" if none), read without loading the checkpoint."""
+    persistence = runner.persistence
+    if persistence.kind == "memory":
+        return max(persistence.saver.storage.get(thread_id, {}).get("", {}) or [""])
+    row = await persistence.db.fetchone(
+        "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = '' "
+        "ORDER BY checkpoint_id DESC LIMIT 1",
+        (thread_id,),
+    )
+    return row["checkpoint_id"] if row else ""
+
+
+def _phase_after(node: str | None, update: Any) -> str | None:
+    """The thread's phase after a step of ``node`` wrote ``update`` (no state read needed)."""
+    closed = isinstance(update, dict) and bool(update.get("outcomes"))
+    return {
+        "draft": "ready_to_critique",
+        "critique": "done" if closed else "needs_revision",
+        "revise": "done" if closed else "ready_to_critique",
+    }.get(node or "")
 
 
 async def _wait_for_earlier_runs(store: RunStore, run: dict) -> None:
@@ -145,6 +169,7 @@ async def execute_run(
 
     progress = _Progress(runner, store, bus, run_id, thread_id, run)
     conflict_until = time.monotonic() + runner.persistence.db.lease_ttl + 2.0
+    lease_retries = LEASE_RETRIES
     while True:
         try:
             result = await _call(runner, run, started_here, head, values, decision, progress)
@@ -188,8 +213,15 @@ async def execute_run(
             raise
         except LeaseLostError as exc:
             current = await store.get(run_id)
-            if current["worker"] != worker:
+            if current["worker"] != worker:  # another worker took the run over: it is theirs now
                 return run_view(current)
+            if lease_retries > 0:  # a slow moment (renewal late): nothing was committed; continue from the thread
+                lease_retries -= 1
+                log.info("run %s lost its step lease; continuing from the last checkpoint", run_id)
+                await asyncio.sleep(0.5)
+                head, values = await _head(runner, thread_id)
+                started_here = head == base
+                continue
             await _finish(store, bus, run, "failed", error_code=exc.code, error_message=exc.message)
             return run_view(await store.get(run_id))
         except RedraftError as exc:
@@ -320,9 +352,9 @@ class _Progress:
         for score in (update.get("scores") or []) if isinstance(update, dict) else []:
             if isinstance(score, dict) and score.get("similarity") is not None:
                 similarity = float(score["similarity"])
-        head, values = await _head(self.runner, self.thread_id)
+        head = await head_checkpoint_id(self.runner, self.thread_id)
         self.first = self.first or head
-        self.phase = phase_of(values)
+        self.phase = _phase_after(node, update)
         total = event.get("total")
         message = f"step {self.steps}{f'/{total}' if total else ''}: {node} done"
         fields: dict[str, Any] = {
@@ -336,7 +368,7 @@ class _Progress:
         }
         if similarity is not None:
             fields["last_similarity"] = similarity
-        await self.store.update(self.run_id, **fields)
+        cancel = await self.store.progress(self.run_id, **fields)
         await self.bus.publish(
             self.run_id,
             {
@@ -352,10 +384,9 @@ class _Progress:
                 "message": message,
             },
         )
-        current = await self.store.get(self.run_id)
-        if current and current["cancel_requested"] == CANCEL_NOW:
+        if cancel == CANCEL_NOW:
             raise CancelledAtBoundary()
-        if current and current["cancel_requested"] == STOP_AT_BOUNDARY:
+        if cancel == STOP_AT_BOUNDARY:
             raise StopAtBoundary()
 
     async def token(self, node: str, content: Any) -> None:

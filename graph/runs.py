@@ -138,6 +138,16 @@ class RunStore:
             params += tuple(expect)
         return await self.db.execute(sql, params) == 1
 
+    async def progress(self, run_id: str, **fields: Any) -> int:
+        """Record a running run's progress; returns its ``cancel_requested`` flag (one round trip for both)."""
+        fields["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        row = await self.db.fetchone(
+            f"UPDATE redraft_runs SET {sets} WHERE run_id = ? AND status = 'running' RETURNING cancel_requested",
+            (*(_encode(k, v) for k, v in fields.items()), run_id),
+        )
+        return int(row["cancel_requested"]) if row else 0
+
     async def finish(self, run_id: str, status: str, *, expect: tuple[str, ...] = ACTIVE, **fields: Any) -> bool:
         """Move an unfinished run to ``status`` (a finished one, or ``interrupted``), stamping ``finished_at``."""
         stamp = {"finished_at": time.time()} if status in FINISHED else {}

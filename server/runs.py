@@ -121,17 +121,30 @@ class RunService:
         view = await self.view(run_id)
         deadline = time.monotonic() + timeout_s
         events = self.bus.subscribe(run_id)
+        pending: asyncio.Future | None = None  # the next event; never cancelled between looks (that would end `events`)
+        bus_ok = True
         try:
             while view["status"] in ACTIVE:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                with contextlib.suppress(TimeoutError, StopAsyncIteration):
-                    # a stop is announced on the bus; the row is re-read at least once a second regardless
-                    await asyncio.wait_for(anext(events), min(left, 1.0))
+                # a stop is announced on the bus; the row is re-read at least once a second regardless
+                if bus_ok:
+                    pending = pending or asyncio.ensure_future(anext(events))
+                    done, _ = await asyncio.wait({pending}, timeout=min(left, 1.0))
+                    if pending in done:
+                        bus_ok = pending.exception() is None
+                        pending = None
+                else:
+                    await asyncio.sleep(min(left, 0.25))
                 view = await self.view(run_id)
         finally:
-            await events.aclose()
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            with contextlib.suppress(Exception):
+                await events.aclose()
         return {**view, "timed_out": view["status"] in ACTIVE}
 
     async def start(self, thread_id: str, session_id: str, companion: str, request: dict, strategy: str) -> dict:
