@@ -28,6 +28,7 @@ from bench.sections import (  # noqa: E402
     storage,
     time_travel,
 )
+from bench.task_latency import task_latency  # noqa: E402
 
 ADMIN = os.environ.get("REDRAFT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -87,6 +88,7 @@ async def main() -> None:
             await concurrency(backends),
             await time_travel({k: v for k, v in backends.items() if k != "memory"}),
             await prompt_sizes(),
+            await task_latency(str(tmp)),
         ]
     finally:
         if pg:
