@@ -105,9 +105,12 @@ def tasks_extension(settings: Settings) -> TasksExtension:
     """The tasks extension on Redis (``REDRAFT_REDIS_URL``: every replica's worker serves one queue, named by
     ``FASTMCP_DOCKET_NAME``, default ``fastmcp``) or, unset, on Docket's in-process ``memory://`` backend. In-process
     queues get a name of their own: several apps in one process (tests) must not run each other's tasks."""
+    # a dead worker's task goes to another worker once its step lease has lapsed (Docket's default: 300 s); a live
+    # worker renews its claim every quarter of this, so a long run is never handed over while it runs
+    redelivery = timedelta(seconds=settings.lease_ttl_seconds)
     if settings.redis_url and not settings.redis_url.startswith("memory://"):
-        return RedraftTasks(url=settings.redis_url)
-    return RedraftTasks(url="memory://", name=f"redraft-{uuid.uuid4().hex[:12]}")
+        return RedraftTasks(url=settings.redis_url, redelivery_timeout=redelivery)
+    return RedraftTasks(url="memory://", name=f"redraft-{uuid.uuid4().hex[:12]}", redelivery_timeout=redelivery)
 
 
 def task_id_of(ctx: Context | None) -> str | None:
@@ -272,6 +275,22 @@ def _error_classes(base: type) -> list[type]:
     return [cls for sub in base.__subclasses__() for cls in (sub, *_error_classes(sub))]
 
 
+async def cancel_task_run(server, run_id: str) -> bool:
+    """``cancel_run`` for a run born as an MCP task: cancel it as ``tasks/cancel`` does (the task reads cancelled, its
+    current leg's coroutine is cancelled wherever it runs, and the body ends the run cancelled). False if the caller
+    has no such task (then only the run's flag stops it, at its next step)."""
+    from fastmcp_tasks.handlers import tasks_cancel
+    from mcp.shared.exceptions import MCPError
+
+    if server._docket is None:
+        return False
+    try:
+        await tasks_cancel(server, run_id)
+    except MCPError:
+        return False
+    return True
+
+
 # --- gates as input_required ----------------------------------------------------------------------------------------
 
 
@@ -384,4 +403,14 @@ async def _wait_past(app, run: dict) -> dict:
         await asyncio.sleep(WAIT_POLL_S)
 
 
-__all__ = ["TASK", "answer_parked", "ask", "ending", "parked_run", "run_task", "task_id_of", "tasks_extension"]
+__all__ = [
+    "TASK",
+    "answer_parked",
+    "ask",
+    "cancel_task_run",
+    "ending",
+    "parked_run",
+    "run_task",
+    "task_id_of",
+    "tasks_extension",
+]
