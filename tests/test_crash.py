@@ -7,13 +7,13 @@ import asyncio
 import collections
 
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner, thread_id_for
 from redraft.graph.state import check_invariants
 from redraft.graph.timetravel import history
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 from tests.servers import HttpServer, server_env
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.errors import SessionNotFoundError
 from redraft.graph.runner import thread_id_for
 from redraft.server.app import create_server
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 
 

@@ -13,7 +13,6 @@ import time
 
 import psycopg
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.errors import LeaseLostError, RedraftError, StorageError
@@ -21,6 +20,7 @@ from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner, thread_id_for
 from redraft.graph.state import check_invariants
 from redraft.graph.timetravel import history, lineage
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings, new_thread
 from tests.pgproxy import PgProxy
 from tests.servers import HttpServer, server_env

@@ -6,7 +6,6 @@ import asyncio
 
 import psycopg
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.errors import LeaseLostError, ModelError, StorageError
@@ -15,6 +14,7 @@ from redraft.graph.runner import Runner
 from redraft.graph.state import check_invariants
 from redraft.graph.timetravel import history
 from redraft.server.app import create_server
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings, new_thread
 
 

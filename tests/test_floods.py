@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.server.app import create_server
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 from tests.servers import HttpServer, server_env
 

@@ -8,13 +8,13 @@ import re
 from urllib.parse import quote
 
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redraft.graph.state import check_invariants
 from redraft.server.app import create_server
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 
 NASTY = [

@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 
+from tests.clients import PlainClient as Client
 from tests.servers import REDRAFT, HttpServer, server_env
 
 

@@ -10,10 +10,11 @@ import sqlite3
 
 import psycopg
 import pytest
-from fastmcp import Client, FastMCP
+from fastmcp import FastMCP
 from fastmcp.exceptions import McpError, ToolError
 
 from redraft.server.middleware import guard
+from tests.clients import PlainClient as Client
 from tests.servers import HttpServer, server_env
 
 

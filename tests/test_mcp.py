@@ -14,6 +14,7 @@ from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 
 from redraft.server.app import create_server
+from tests.clients import PlainClient
 from tests.conftest import make_settings
 from tests.servers import REDRAFT, http_server, serve_in_process, server_env
 
@@ -65,13 +66,6 @@ async def test_step_tools_phase_errors_and_resources_in_memory(server, stub):
         assert conv["threshold"] == 0.98 and conv["converged"] is False
         run_log = json.loads((await client.read_resource(f"redraft://sessions/{sid}/generic/run_log"))[0].text)
         assert run_log == [r.structured_content["slot"]]
-
-
-class PlainClient(Client):
-    """A fastmcp.Client that does not opt in to MCP background tasks: refine runs in the call (tests/test_tasks.py
-    covers the task view)."""
-
-    _auto_internal_extensions = False
 
 
 async def test_refine_sends_progress_and_returns_the_slot(server, stub):

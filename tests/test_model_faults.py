@@ -6,7 +6,6 @@ bounded whatever the sampling."""
 from __future__ import annotations
 
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.errors import ConfigError, ContextOverflowError, ModelError
@@ -16,6 +15,7 @@ from redraft.graph.state import check_invariants
 from redraft.nodes.model import CLIENT_CACHE_SIZE, ModelProvider
 from redraft.server.app import create_server
 from redraft.settings import load_settings
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings, new_thread
 
 REASONS = {  # what each server says, as the client must see it

@@ -7,9 +7,9 @@ import asyncio
 import json
 
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
+from tests.clients import PlainClient as Client
 from tests.servers import http_server, server_env
 
 pytestmark = pytest.mark.postgres

@@ -7,11 +7,11 @@ import sqlite3
 
 import httpx
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.server.redaction import install, redact, secrets_of
 from redraft.settings import load_settings
+from tests.clients import PlainClient as Client
 from tests.servers import HttpServer, server_env
 
 API_KEY = "sk-test-SECRET-api-key-123"

@@ -8,12 +8,12 @@ import sqlite3
 
 import psycopg
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.errors import ConflictError
 from redraft.graph.runner import thread_id_for
 from redraft.server.app import create_server
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 
 

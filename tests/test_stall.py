@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fastmcp import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Indel
@@ -22,6 +21,7 @@ from redraft.graph import convergence, worddiff
 from redraft.graph.convergence import WordCache, normalise_words, similarity
 from redraft.graph.worddiff import opcodes, word_diff
 from redraft.server.app import create_server
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 
 LAG_BOUND_S = 0.1

@@ -4,10 +4,10 @@ line ``invalid_input: <field>: <reason>`` for every refused argument, and nothin
 from __future__ import annotations
 
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from redraft.server.app import create_server
+from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 
 BIG = "x" * 3_000_000
