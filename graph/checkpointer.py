@@ -155,14 +155,25 @@ class LivenessCheck:
         self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     async def returned(self, conn: Any) -> None:
+        _refuse_pipelined(conn)
         self._returned[conn] = time.monotonic()
 
     async def check(self, conn: Any) -> None:
+        _refuse_pipelined(conn)
         last = self._returned.get(conn)
         if last is not None and time.monotonic() - last < self.idle_for and not conn.closed:
             if not _readable(conn.fileno()):
                 return
         await self._check(conn)
+
+
+def _refuse_pipelined(conn: Any) -> None:
+    """A connection still in pipeline mode (a step cancelled while its pipelined write was ending: psycopg does not
+    leave pipeline mode on a cancelled exit) must not serve anyone again: the next caller's statements would queue
+    unsynced and report no row count, so a committed insert could look failed, or an insert be lost. Raising here
+    makes the pool discard it."""
+    if conn._pipeline is not None or (not conn.closed and conn.pgconn.pipeline_status != 0):
+        raise RuntimeError("connection returned in pipeline mode")
 
 
 def _readable(fd: int) -> bool:

@@ -142,9 +142,27 @@ async def execute_run(
     if run["cancel_requested"] == CANCEL_NOW:
         await _finish(store, bus, run, "cancelled", error_code="cancelled", error_message="Cancelled.")
         return run_view(await store.get(run_id))
+    try:
+        return await _execute(runner, store, bus, run, decision, worker)
+    except asyncio.CancelledError:
+        # wherever it landed -- waiting its turn, claiming, mid step or mid model call -- a requested cancel ends
+        # the run cancelled; the lease of a step in flight is released by the step itself (graph/leases.py)
+        current = await asyncio.shield(store.get(run_id))
+        if (current and current["cancel_requested"] == CANCEL_NOW) or (
+            cancelled_by_request is not None and cancelled_by_request()
+        ):
+            await asyncio.shield(_finish_cancelled(store, bus, run))
+        elif current and current["worker"] == worker:  # shutting down: a restart or another replica continues it
+            with contextlib.suppress(Exception):
+                await asyncio.shield(store.update(run_id, worker=run["worker"], expect=("running",)))
+        raise
+
+
+async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decision: dict | None, worker: str) -> dict:
+    """execute_run's body from the claim on (its caller handles cancellation)."""
+    run_id = run["run_id"]
     if run["multitask_strategy"] != "reject" and run["status"] == "queued":
         await _wait_for_earlier_runs(store, run)  # enqueue; interrupt and rollback wait for the runs they stopped
-    previous_worker = run["worker"]
     claimed = await store.update(
         run_id,
         expect=("queued", "running", "interrupted"),
@@ -201,16 +219,6 @@ async def execute_run(
         except CancelledAtBoundary:
             await _finish_cancelled(store, bus, run)
             return run_view(await store.get(run_id))
-        except asyncio.CancelledError:
-            current = await asyncio.shield(store.get(run_id))
-            if (current and current["cancel_requested"] == CANCEL_NOW) or (
-                cancelled_by_request is not None and cancelled_by_request()
-            ):
-                await asyncio.shield(_finish_cancelled(store, bus, run))
-            else:  # shutting down: the run stays "running" for a restart or another replica to continue
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(store.update(run_id, worker=previous_worker, expect=("running",)))
-            raise
         except LeaseLostError as exc:
             current = await store.get(run_id)
             if current["worker"] != worker:  # another worker took the run over: it is theirs now
