@@ -33,8 +33,9 @@ from fastmcp.utilities.tasks import TaskConfig
 from fastmcp_tasks import TasksExtension
 from fastmcp_tasks.models import CreateTaskResult
 
-from redraft.errors import ConflictError, InvalidInputError, RedraftError
+from redraft.errors import ConflictError, InvalidInputError, RedraftError, StorageError
 from redraft.graph.runexec import execute_run
+from redraft.graph.runner import thread_id_for
 from redraft.graph.runs import ACTIVE, FINISHED
 from redraft.nodes.gate import ACTIONS
 from redraft.server.sessions import principal_key
@@ -46,6 +47,7 @@ log = logging.getLogger("redraft.tasks")
 # ordinary blocking call. Clients poll once a second (progress lags the run by at most that).
 TASK = TaskConfig(mode="optional", poll_interval=timedelta(seconds=1))
 WAIT_POLL_S = 0.1
+NOTED = ("refine", "replay")  # task kinds whose run record is written before the task id is returned
 TOUCH_EVERY_S = 1.0  # a running task records activity on its session at most this often
 
 
@@ -59,6 +61,8 @@ class RedraftTasks(TasksExtension):
 
     async def intercept_tool_call(self, params, context, call_next):
         outcome = await super().intercept_tool_call(params, context, call_next)
+        if isinstance(outcome, CreateTaskResult) and params.name in NOTED:
+            await _note_run(self.server, outcome.task_id, params.name, params.arguments or {})
         if isinstance(outcome, CreateTaskResult) and self.server._docket is not None:
             caps = ((context.request_context and context.request_context.meta) or {}).get(
                 mcp_types.CLIENT_CAPABILITIES_META_KEY
@@ -80,6 +84,25 @@ class RedraftTasks(TasksExtension):
                 if run is not None:
                     await app.sessions.touch_quietly(run["principal"], run["session_id"])
         return result
+
+
+async def _note_run(server, task_id: str, kind: str, args: dict) -> None:
+    """Write the run record of a new refine / replay task before its id reaches the client, so ``run_status`` knows the
+    id from the first moment. The task body completes the record (it validates the session) or fails it."""
+    app = (server._lifespan_result or {}).get("redraft")
+    if app is None or app.runs is None:
+        return
+    session_id, companion = str(args.get("session_id")), str(args.get("companion") or "generic")
+    with contextlib.suppress(Exception):  # the worker may have written it first: it is the same run
+        await app.runs.create(
+            run_id=task_id,
+            thread_id=thread_id_for(session_id, companion),
+            session_id=session_id,
+            companion=companion,
+            principal=principal_key(),
+            kind=kind,
+            request={"task": True},
+        )
 
 
 def _elicit_key(docket, task_id: str) -> str:
@@ -121,6 +144,18 @@ def task_id_of(ctx: Context | None) -> str | None:
 # --- the task-mode body ---------------------------------------------------------------------------------------------
 
 
+async def task_thread(app, ctx: Context, session_id: str, companion: str) -> str:
+    """``app.thread`` for a task body: a refused session or companion also fails the run noted at task creation."""
+    try:
+        return await app.thread(session_id, companion)
+    except RedraftError as exc:
+        with contextlib.suppress(Exception):
+            await app.runs.finish(
+                ctx.task_id, "failed", expect=("queued",), error_code=exc.code, error_message=exc.message
+            )
+        raise
+
+
 async def run_task(
     app, ctx: Context, *, kind: str, session_id: str, companion: str, thread: str, request: dict
 ) -> dict | mcp_types.InputRequiredResult:
@@ -128,19 +163,31 @@ async def run_task(
     next stop, and say how the task ends: a thread view (completed), an ``InputRequiredResult`` (a gate), or raise."""
     run_id = ctx.task_id
     run = await app.runs.get(run_id)
-    if run is None:
-        busy = [r["run_id"] for r in await app.runs.active_for_thread(thread)]
+    if run is None or (run["status"] == "queued" and not run["attempts"]):  # the first leg: (complete) the record
+        fields = {
+            "thread_id": thread,
+            "session_id": thread.rsplit(":", 1)[0],
+            "companion": companion,
+            "kind": kind,
+            "request": {**request, "task": True},
+        }
+        busy = [r["run_id"] for r in await app.runs.active_for_thread(thread) if r["run_id"] != run_id]
         if busy:
-            raise ConflictError(f"Run {busy[0]} is active on this thread; wait for it (run_status) or cancel it.")
-        run = await app.runs.create(
-            run_id=run_id,
-            thread_id=thread,
-            session_id=session_id,
-            companion=companion,
-            principal=principal_key(),
-            kind=kind,
-            request={**request, "task": True},
-        )
+            error = ConflictError(f"Run {busy[0]} is active on this thread; wait for it (run_status) or cancel it.")
+            if run is not None:
+                await app.runs.finish(
+                    run_id, "failed", expect=("queued",), error_code=error.code, error_message=error.message
+                )
+            raise error
+        if run is None:
+            with contextlib.suppress(Exception):  # noted at creation meanwhile: the same run
+                await app.runs.create(run_id=run_id, principal=principal_key(), **fields)
+        if not await app.runs.update(run_id, expect=("queued",), **fields):
+            run = await app.runs.get(run_id)  # not queued any more (a cancel), or not written at all
+            if run is None:
+                raise StorageError("The run record could not be written; nothing ran.")
+        else:
+            run = {**(run or {}), **fields, "run_id": run_id, "status": "queued"}
     decision = None
     if run["status"] == "interrupted":
         gate = (run.get("result") or {}).get("pending_gate")

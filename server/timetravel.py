@@ -16,7 +16,7 @@ from redraft.graph import timetravel as tt
 from redraft.server.middleware import guard
 from redraft.server.models import DiffResult, HistoryPage, ThreadView
 from redraft.server.resources import BASE
-from redraft.server.tasks import TASK, run_task, task_id_of
+from redraft.server.tasks import TASK, run_task, task_id_of, task_thread
 from redraft.server.tools import CompanionName, progress_reporter, view
 from redraft.server.validation import ID_CHARS, text
 
@@ -69,8 +69,8 @@ def register_timetravel(mcp: FastMCP, app) -> None:
         ctx: Context, session_id: SessionId, checkpoint_id: CheckpointId, companion: CompanionName = "generic"
     ) -> ThreadView:
         """Re-run the thread from a past checkpoint (new model calls, on a new branch)."""
-        thread = await app.thread(session_id, companion)
         if task_id_of(ctx):  # a background task bound to its run record (server/tasks.py)
+            thread = await task_thread(app, ctx, session_id, companion)
             request = {"checkpoint_id": checkpoint_id}
             result = await run_task(
                 app, ctx, kind="replay", session_id=session_id, companion=companion, thread=thread, request=request
@@ -78,6 +78,7 @@ def register_timetravel(mcp: FastMCP, app) -> None:
             if isinstance(result, InputRequiredResult):
                 return result
             return view(session_id, companion, result)
+        thread = await app.thread(session_id, companion)
         return view(session_id, companion, await tt.replay(app.runner, thread, checkpoint_id, progress_reporter(ctx)))
 
     @mcp.tool(annotations={"readOnlyHint": True})

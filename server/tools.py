@@ -26,7 +26,7 @@ from redraft.server.models import (
     decision_type,
 )
 from redraft.server.sessions import principal_key
-from redraft.server.tasks import TASK, answer_parked, ending, parked_run, run_task, task_id_of
+from redraft.server.tasks import TASK, answer_parked, ending, parked_run, run_task, task_id_of, task_thread
 from redraft.server.validation import ID_CHARS, text
 
 CompanionName = text(ID_CHARS, f"Companion type: one of {', '.join(COMPANION_MAP)}.")
@@ -161,9 +161,9 @@ def register_tools(mcp: FastMCP, app) -> None:
         is reached. Sends a progress notification after every step. In `step` mode it stops at each human gate:
         answer with `resume`. As an MCP background task it returns a task id at once; progress is the task's status
         message and a gate is the task state input_required; `run_status(task_id)` shows the same run."""
-        thread = await app.thread(session_id, companion)
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
         if task_id_of(ctx):  # a background task: its run record, progress as status messages, gates as input_required
+            thread = await task_thread(app, ctx, session_id, companion)
             stats = await app.stats.summary(companion, transitions=False)  # what was known before this run
             request = {"query": query, "options": options}
             result = await run_task(
@@ -172,6 +172,7 @@ def register_tools(mcp: FastMCP, app) -> None:
             if isinstance(result, InputRequiredResult):
                 return result
             return view(session_id, companion, result, stats)
+        thread = await app.thread(session_id, companion)
         result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
         return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
 

@@ -21,7 +21,7 @@ from fastmcp_tasks.client_models import (
 )
 from mcp.client.extension import ClientExtension, ResultClaim
 
-from tests.servers import http_server, server_env
+from tests.servers import HttpServer, http_server, server_env
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -211,3 +211,94 @@ async def test_tasks_cancel_stops_the_run_mid_model_call_and_the_thread_resumes(
     assert status["phase"] == "ready_to_critique"  # at its last checkpoint: the draft
     assert resumed.structured_content["phase"] == "done"  # and it continues from there
     assert [r["node"] for r in stub.requests].count("draft") == 1
+
+
+def _one_linear_branch(history: dict, loops: int) -> None:
+    """Every step of the query exactly once, on one linear branch: draft, then critique/revise per loop."""
+    checkpoints = list(reversed(history["checkpoints"]))  # oldest first
+    assert all(c["on_head_branch"] for c in checkpoints), [c["branch"] for c in checkpoints]
+    assert len({c["parent_id"] for c in checkpoints}) == len(checkpoints)  # no checkpoint has two children
+    nodes = [c["node"] for c in checkpoints if c["node"] in ("draft", "critique", "revise")]
+    assert nodes == ["draft"] + ["critique", "revise"] * loops, nodes
+
+
+async def test_kill_9_mid_task_and_restart_the_same_task_id_completes_with_every_step_once(
+    pg_url, redis_url, stub, tmp_path
+):
+    """The killed worker's task is redelivered (Redis) to the restarted server once its 2 s lease lapsed; the task
+    body finds its run mid-way and continues it from the last checkpoint: the task id the client holds completes."""
+    stub.configure(latency_ms=250, changes=[12])
+    loops = 5
+    env = server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url, REDRAFT_LEASE_TTL_SECONDS="2")
+    server = HttpServer(env, log=tmp_path / "server.log").start()
+    try:
+        async with (
+            mcp.Client(server.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as tasks_client,
+            mcp.Client(server.url, read_timeout_seconds=5) as tool_client,
+        ):
+            sid = (await tool_client.call_tool("create_session", {})).structured_content["session_id"]
+            args = {"session_id": sid, "query": "Crash me.", "max_loops": loops, "similarity_threshold": 1.0}
+            task_id = (await tasks_client.session.call_tool("refine", args, allow_claimed=True)).task_id
+            for _ in range(200):
+                run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
+                if run["steps"] >= 4:
+                    break
+                await asyncio.sleep(0.05)
+        server.kill()
+        killed = time.monotonic()
+        server.start()
+        async with (
+            mcp.Client(server.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as tasks_client,
+            mcp.Client(server.url, read_timeout_seconds=5) as tool_client,
+        ):
+            task, _ = await poll(tasks_client, task_id, within=60)
+            recovered = time.monotonic() - killed
+            run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
+            history = (await tool_client.call_tool("history", {"session_id": sid, "limit": 100})).structured_content
+    finally:
+        server.stop()
+    assert task.status == "completed" and not task.result.get("isError"), task
+    assert task.result["structuredContent"]["phase"] == "done"
+    assert len(task.result["structuredContent"]["slot"]["revision"]) == loops
+    assert run["status"] == "succeeded" and run["attempts"] >= 2
+    assert len(stub.prompts("draft")) == 1  # never started over
+    _one_linear_branch(history, loops)
+    assert recovered < 2 + 10 + 5, recovered  # redelivered within 10 s of the lease lapsing, then ~7 steps
+
+
+async def test_two_replicas_task_created_on_a_is_polled_and_cancelled_through_b(pg_url, redis_url, stub, tmp_path):
+    stub.configure(latency_ms=1000, changes=[12])
+    env = server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)
+    a = HttpServer(env, log=tmp_path / "a.log").start()
+    b = HttpServer(env, log=tmp_path / "b.log").start()
+    try:
+        async with (
+            mcp.Client(a.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as on_a,
+            mcp.Client(b.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as on_b,
+        ):
+            sid = (await on_a.call_tool("create_session", {})).structured_content["session_id"]
+            args = {"session_id": sid, "query": "Across replicas.", "max_loops": 10, "similarity_threshold": 1.0}
+            task_id = (await on_a.session.call_tool("refine", args, allow_claimed=True)).task_id
+            messages = []
+            for _ in range(100):  # the status message, whichever replica's worker runs the task, read through B
+                task = await get_task(on_b, task_id)
+                messages.append(task.status_message)
+                if len({m for m in messages if m and "done" in m}) >= 2:
+                    break
+                await asyncio.sleep(0.2)
+            assert task.status == "working" and len({m for m in messages if m}) >= 2, messages
+            await asyncio.sleep(0.3)  # in the middle of a 1 s model call
+            started = time.monotonic()
+            await cancel_task(on_b, task_id)
+            for _ in range(100):
+                run = (await on_b.call_tool("run_status", {"run_id": task_id})).structured_content
+                if run["status"] != "running":
+                    break
+                await asyncio.sleep(0.02)
+            latency = time.monotonic() - started
+            task = await get_task(on_a, task_id)
+    finally:
+        a.stop()
+        b.stop()
+    assert task.status == "cancelled" and run["status"] == "cancelled"
+    assert latency < 1.0, latency
