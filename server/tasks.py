@@ -157,10 +157,11 @@ async def task_thread(app, ctx: Context, session_id: str, companion: str) -> str
 
 
 async def run_task(
-    app, ctx: Context, *, kind: str, session_id: str, companion: str, thread: str, request: dict
-) -> dict | mcp_types.InputRequiredResult:
+    app, ctx: Context, *, kind: str, session_id: str, companion: str, thread: str, request: dict, show
+) -> Any:
     """The body of refine / resume / replay as a task: bind (or create) the run named by the task id, run it to its
-    next stop, and say how the task ends: a thread view (completed), an ``InputRequiredResult`` (a gate), or raise."""
+    next stop, and say how the task ends: the tool's result (``await show(thread dict)``; built before this run is
+    counted in the learning stats), an ``InputRequiredResult`` (a gate), or raise."""
     run_id = ctx.task_id
     run = await app.runs.get(run_id)
     if run is None or (run["status"] == "queued" and not run["attempts"]):  # the first leg: (complete) the record
@@ -197,21 +198,30 @@ async def run_task(
                 return ask(gate)
             if answer.action != "accept":  # declined: the task ends; the run waits for a decision through resume
                 await app.runs.update(run_id, request={**(run["request"] or {}), "task": False})
-                return run["result"]
+                return await show(run["result"])
             try:
                 decision = _checked(app, gate, answer.content or {})
             except InvalidInputError as exc:
                 return ask(gate, problem=exc.message)
     started = time.monotonic()
     outcome = await _execute(app, ctx, run_id, decision, session_id)
-    if outcome.get("result") and outcome["status"] in ("succeeded", "interrupted"):
+    elapsed = time.monotonic() - started
+    result = outcome.get("result") if outcome["status"] in ("succeeded", "interrupted") else None
+    gate = outcome.get("pending_gate") if outcome["status"] == "interrupted" else None
+    asking = gate is not None and await can_elicit(ctx)
+    reply = await show(result) if result is not None and not asking else None
+    if result is not None:
         full_run = kind == "refine" and request.get("query") is not None and decision is None
-        await _learn(app, kind, outcome["result"], time.monotonic() - started, full_run)
-    if outcome["status"] == "interrupted" and outcome.get("pending_gate") and not await can_elicit(ctx):
+        await _learn(app, kind, result, elapsed, full_run)
+    if asking:
+        return ask(gate)
+    if gate is not None:
         # no one to ask: the task ends with the thread at its gate; resume answers it (the run waits, interrupted)
         await app.runs.update(run_id, request={**(run["request"] or {}), "task": False})
-        return outcome["result"]
-    return ending(outcome)
+        return reply
+    if outcome["status"] == "succeeded":
+        return reply
+    return ending(outcome)  # raises the run's error
 
 
 async def _learn(app, name: str, data: dict, elapsed: float, full_run: bool) -> None:

@@ -9,7 +9,6 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ResourceError
 from fastmcp.server.sessions import SessionId
-from mcp_types import InputRequiredResult
 from pydantic import Field
 
 from redraft.graph import timetravel as tt
@@ -71,13 +70,21 @@ def register_timetravel(mcp: FastMCP, app) -> None:
         """Re-run the thread from a past checkpoint (new model calls, on a new branch)."""
         if task_id_of(ctx):  # a background task bound to its run record (server/tasks.py)
             thread = await task_thread(app, ctx, session_id, companion)
+
+            async def show(result: dict) -> ThreadView:
+                return view(session_id, companion, result)
+
             request = {"checkpoint_id": checkpoint_id}
-            result = await run_task(
-                app, ctx, kind="replay", session_id=session_id, companion=companion, thread=thread, request=request
+            return await run_task(
+                app,
+                ctx,
+                kind="replay",
+                session_id=session_id,
+                companion=companion,
+                thread=thread,
+                request=request,
+                show=show,
             )
-            if isinstance(result, InputRequiredResult):
-                return result
-            return view(session_id, companion, result)
         thread = await app.thread(session_id, companion)
         return view(session_id, companion, await tt.replay(app.runner, thread, checkpoint_id, progress_reporter(ctx)))
 

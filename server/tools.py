@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastmcp import Context, FastMCP
 from fastmcp.server.sessions import SessionId
-from mcp_types import InputRequiredResult
 from pydantic import Field
 
 from redraft.graph.companions import COMPANION_MAP, get_companion
@@ -164,14 +163,21 @@ def register_tools(mcp: FastMCP, app) -> None:
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
         if task_id_of(ctx):  # a background task: its run record, progress as status messages, gates as input_required
             thread = await task_thread(app, ctx, session_id, companion)
-            stats = await app.stats.summary(companion, transitions=False)  # what was known before this run
+
+            async def show(result: dict) -> ThreadView:
+                return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
+
             request = {"query": query, "options": options}
-            result = await run_task(
-                app, ctx, kind="refine", session_id=session_id, companion=companion, thread=thread, request=request
+            return await run_task(
+                app,
+                ctx,
+                kind="refine",
+                session_id=session_id,
+                companion=companion,
+                thread=thread,
+                request=request,
+                show=show,
             )
-            if isinstance(result, InputRequiredResult):
-                return result
-            return view(session_id, companion, result, stats)
         thread = await app.thread(session_id, companion)
         result = await app.runner.refine(thread, companion, query, on_step=progress_reporter(ctx), **options)
         return view(session_id, companion, result, await app.stats.summary(companion, transitions=False))
@@ -195,14 +201,23 @@ def register_tools(mcp: FastMCP, app) -> None:
             # stop; a next gate is shown in the view, as a blocking resume shows it)
             result = ending(await answer_parked(app, ctx.fastmcp, parked, payload), in_task=False)
         elif task_id_of(ctx):
+
+            async def show(result: dict) -> ThreadView:
+                return view(session_id, companion, result)
+
             request = {"decision": payload}
-            result = await run_task(
-                app, ctx, kind="resume", session_id=session_id, companion=companion, thread=thread, request=request
+            return await run_task(
+                app,
+                ctx,
+                kind="resume",
+                session_id=session_id,
+                companion=companion,
+                thread=thread,
+                request=request,
+                show=show,
             )
         else:
             result = await app.runner.resume(thread, payload, on_step=progress_reporter(ctx))
-        if isinstance(result, InputRequiredResult):
-            return result
         return view(session_id, companion, result)
 
     @mcp.tool(annotations={"readOnlyHint": True})
