@@ -163,6 +163,7 @@ async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decisio
     run_id = run["run_id"]
     if run["multitask_strategy"] != "reject" and run["status"] == "queued":
         await _wait_for_earlier_runs(store, run)  # enqueue; interrupt and rollback wait for the runs they stopped
+    redelivered = run["status"] == "running"  # someone claimed it before: a crashed worker, or a live duplicate
     claimed = await store.update(
         run_id,
         expect=("queued", "running", "interrupted"),
@@ -193,16 +194,18 @@ async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decisio
             result = await _call(runner, run, started_here, head, values, decision, progress)
             break
         except ConflictError:
-            # the lease is held: by a crashed holder until its lease lapses, or by a live duplicate of this run
-            if time.monotonic() < conflict_until:
-                await asyncio.sleep(0.25)
+            # The thread's lease is held: by a crashed holder until its lease lapses, or by a live worker. A run that
+            # was already running when this delivery claimed it is a duplicate delivery: its first worker holds the
+            # lease, so this one waits (advancing nothing) until that worker finishes the run -- or dies, when the
+            # lease lapses and this delivery continues the run from its last checkpoint.
+            current = await store.get(run_id)
+            if current is None or current["status"] in FINISHED:
+                return run_view(current or run)
+            if redelivered or time.monotonic() < conflict_until:
+                await asyncio.sleep(0.25 if time.monotonic() < conflict_until else 1.0)
                 head, values = await _head(runner, thread_id)
                 started_here = head == base
                 continue
-            current = await store.get(run_id)
-            if current["worker"] != worker and time.time() - current["updated_at"] < runner.persistence.db.lease_ttl:
-                log.info("run %s is already running on %s: this delivery leaves it there", run_id, current["worker"])
-                return run_view(current)
             await _finish(store, bus, run, "failed", error_code=ConflictError.code, error_message=_conflict_message())
             return run_view(await store.get(run_id))
         except StopAtBoundary:

@@ -136,3 +136,23 @@ async def test_redis_bus_carries_progress_between_processes_views(redis_url):
     assert (await b.latest(run_id))["status"] == "succeeded"
     await a.close()
     await b.close()
+
+
+async def test_a_duplicate_delivery_while_the_first_worker_lives_advances_nothing(runner, stub):
+    """Docket redelivers a run whose first worker still lives (its claim renewal was late): the fenced lease makes the
+    duplicate wait, advancing nothing, and the run ends once with every step exactly once."""
+    store, bus = RunStore(runner.persistence.db), MemoryBus()
+    thread = _thread()
+    run = await _new_run(store, thread)
+    runner.persistence.db.lease_ttl = 1.0  # the duplicate's first wait (lease + 2 s) ends long before the run does
+    stub.configure(latency_ms=700)
+    first = asyncio.create_task(execute_run(runner, store, bus, run["run_id"], worker="first"))
+    await _until_steps(store, run["run_id"], 2)
+    second = asyncio.create_task(execute_run(runner, store, bus, run["run_id"], worker="second"))
+    a, b = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert a["status"] == b["status"] == "succeeded", (a, b)
+    assert len(stub.prompts("draft")) == 1 and len(stub.requests) == 7  # no step was run twice
+    checkpoints = (await history(runner, thread, limit=100))["checkpoints"]
+    nodes = [c["node"] for c in reversed(checkpoints) if c["node"] in ("draft", "critique", "revise")]
+    assert nodes == ["draft"] + ["critique", "revise"] * 3
+    assert all(c["on_head_branch"] for c in checkpoints)
