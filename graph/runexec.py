@@ -261,7 +261,7 @@ async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decisio
 
 async def _prepare_thread(runner: Runner, store: RunStore, run: dict) -> bool:
     """Before a run's first step: ``rollback`` removes the checkpoints of the runs it cancelled; ``interrupt`` with a
-    new query closes the query the stopped run left unfinished. True if the thread changed."""
+    new query closes the query the runs it stopped left unfinished. True if the thread changed."""
     strategy, request = run["multitask_strategy"], run["request"] or {}
     if strategy == "rollback":
         bases = []
@@ -272,7 +272,7 @@ async def _prepare_thread(runner: Runner, store: RunStore, run: dict) -> bool:
         if bases:
             await rollback_to(runner, run["thread_id"], min(bases))
             return True
-    if strategy == "interrupt" and run["kind"] == "refine" and request.get("query") is not None:
+    if strategy == "interrupt" and run["kind"] == "refine" and request.get("query") and request.get("replaces"):
         return await close_current_query(runner, run["thread_id"], f"interrupted by run {run['run_id']}")
     return False
 

@@ -27,6 +27,7 @@ from pydantic import Field
 from redraft.errors import ConflictError, NotFoundError, PhaseError
 from redraft.graph.bus import Bus, open_bus
 from redraft.graph.runexec import execute_run, run_view
+from redraft.graph.runner import _may_start
 from redraft.graph.runs import ACTIVE, CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore
 from redraft.graph.state import phase_of
 from redraft.server.middleware import guard
@@ -159,6 +160,7 @@ class RunService:
         if strategy == "interrupt":
             for other in active:  # the running one stops after its step; queued ones never start
                 await self.cancel(other["run_id"], STOP_AT_BOUNDARY if other["status"] == "running" else CANCEL_NOW)
+                replaces.append(other["run_id"])
         elif strategy == "rollback":
             for other in active:
                 await self.cancel(other["run_id"], CANCEL_NOW)
@@ -229,12 +231,15 @@ def register_runs(mcp: FastMCP, app) -> RunService:
         long poll) or the redraft://runs/{run_id} resource; stop it with cancel_run. Same arguments as refine."""
         thread = await app.thread(session_id, companion)
         options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
-        if query is not None:  # refuse bad input now, before anything is created
-            app.runner.open_input(app.runner.companion(companion), query, **options)
-        else:
+        # refuse what cannot run now, before anything is created (with a run active on the thread, the thread's
+        # phase when this run starts is not known yet: the run itself reports it)
+        graph_input = app.runner.open_input(app.runner.companion(companion), query, **options) if query else None
+        if not await service.store.active_for_thread(thread):
             state = (await app.runner.snapshot(thread)).values
-            if phase_of(state) in ("empty", "done") and not await service.store.active_for_thread(thread):
+            if query is None and phase_of(state) in ("empty", "done"):
                 raise PhaseError("Nothing to refine: pass a query to start one.")
+            if graph_input is not None:
+                _may_start(state, graph_input, "starting a new query")
         return await service.start(
             thread, session_id, companion, {"query": query, "options": options}, multitask_strategy
         )

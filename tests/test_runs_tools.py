@@ -79,6 +79,10 @@ async def test_bad_input_is_refused_and_creates_no_run(server, stub):
         with pytest.raises(ToolError, match="invalid_session"):
             await call(client, "start_refine", session_id="nope", query="x")
         assert (await call(client, "status", session_id=sid))["phase"] == "empty"
+        await call(client, "draft", session_id=sid, query="Half done.")
+        with pytest.raises(ToolError, match="wrong_phase"):  # the current query must be finished first
+            await call(client, "start_refine", session_id=sid, query="Another one.")
+        assert (await call(client, "status", session_id=sid))["slot"]["query"] == "Half done."
 
 
 async def test_cancel_run_stops_a_model_call_within_a_second(server, stub):
