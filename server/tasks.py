@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -163,32 +164,20 @@ async def run_task(
     next stop, and say how the task ends: the tool's result (``await show(thread dict)``; built before this run is
     counted in the learning stats), an ``InputRequiredResult`` (a gate), or raise."""
     run_id = ctx.task_id
-    run = await app.runs.get(run_id)
-    if run is None or (run["status"] == "queued" and not run["attempts"]):  # the first leg: (complete) the record
-        fields = {
-            "thread_id": thread,
-            "session_id": thread.rsplit(":", 1)[0],
-            "companion": companion,
-            "kind": kind,
-            "request": {**request, "task": True},
-        }
-        busy = [r["run_id"] for r in await app.runs.active_for_thread(thread) if r["run_id"] != run_id]
-        if busy:
-            error = ConflictError(f"Run {busy[0]} is active on this thread; wait for it (run_status) or cancel it.")
-            if run is not None:
-                await app.runs.finish(
-                    run_id, "failed", expect=("queued",), error_code=error.code, error_message=error.message
-                )
-            raise error
-        if run is None:
-            with contextlib.suppress(Exception):  # noted at creation meanwhile: the same run
-                await app.runs.create(run_id=run_id, principal=principal_key(), **fields)
-        if not await app.runs.update(run_id, expect=("queued",), **fields):
-            run = await app.runs.get(run_id)  # not queued any more (a cancel), or not written at all
-            if run is None:
-                raise StorageError("The run record could not be written; nothing ran.")
-        else:
-            run = {**(run or {}), **fields, "run_id": run_id, "status": "queued"}
+    fields = {
+        "thread_id": thread,
+        "session_id": thread.rsplit(":", 1)[0],
+        "companion": companion,
+        "kind": kind,
+        "request": {**request, "task": True},
+    }
+    # the usual first leg, in one statement: complete the run noted at creation while no other run holds the thread
+    if await _claim_noted(app, run_id, fields):
+        run = {**fields, "run_id": run_id, "status": "queued"}
+    else:
+        run = await app.runs.get(run_id)
+        if run is None or (run["status"] == "queued" and not run["attempts"]):  # not noted yet, or the thread is busy
+            run = await _first_leg(app, run_id, run, fields)
     decision = None
     if run["status"] == "interrupted":
         gate = (run.get("result") or {}).get("pending_gate")
@@ -242,6 +231,42 @@ async def _learn(app, name: str, data: dict, elapsed: float, full_run: bool) -> 
             )
     except Exception:
         log.warning("could not record stats for a %s task", name, exc_info=True)
+
+
+async def _first_leg(app, run_id: str, run: dict | None, fields: dict) -> dict:
+    """The first leg's record when the one-statement claim did not apply: refuse a busy thread, else write it."""
+    thread = fields["thread_id"]
+    busy = [r["run_id"] for r in await app.runs.active_for_thread(thread) if r["run_id"] != run_id]
+    if busy:
+        error = ConflictError(f"Run {busy[0]} is active on this thread; wait for it (run_status) or cancel it.")
+        if run is not None:
+            await app.runs.finish(
+                run_id, "failed", expect=("queued",), error_code=error.code, error_message=error.message
+            )
+        raise error
+    if run is None:
+        with contextlib.suppress(Exception):  # noted at creation meanwhile: the same run
+            await app.runs.create(run_id=run_id, principal=principal_key(), **fields)
+    if await app.runs.update(run_id, expect=("queued",), **fields):
+        return {**(run or {}), **fields, "run_id": run_id, "status": "queued"}
+    run = await app.runs.get(run_id)  # not queued any more (a cancel), or not written at all
+    if run is None:
+        raise StorageError("The run record could not be written; nothing ran.")
+    return run
+
+
+async def _claim_noted(app, run_id: str, fields: dict) -> bool:
+    """Complete the run record noted at task creation with the body's view of it, if it is still the untouched note
+    and no other run is queued or running on its thread. True if it was."""
+    sets = ", ".join(f"{name} = ?" for name in fields)
+    values = [json.dumps(v) if name == "request" else v for name, v in fields.items()]
+    changed = await app.runs.db.execute(
+        f"UPDATE redraft_runs SET {sets}, updated_at = ? WHERE run_id = ? AND status = 'queued' AND attempts = 0 "
+        "AND NOT EXISTS (SELECT 1 FROM redraft_runs other WHERE other.thread_id = ? "
+        "AND other.status IN ('queued', 'running') AND other.run_id <> ?)",
+        (*values, time.time(), run_id, fields["thread_id"], run_id),
+    )
+    return changed == 1
 
 
 async def _execute(app, ctx: Context, run_id: str, decision: dict | None, session_id: str) -> dict:
