@@ -190,6 +190,7 @@ def _quick_reconnect_pool(base: type) -> type:
     """The pool, retrying a failed connection attempt after 0.1 s and then at most every second. psycopg_pool's own
     backoff starts at 1 s and doubles for up to five minutes, while a pool that is already growing starts no other
     attempt: after an outage of a few seconds, requests would wait out that backoff although the database is back."""
+    from psycopg_pool import PoolTimeout
     from psycopg_pool.base import AttemptWithBackoff
 
     class QuickRetry(AttemptWithBackoff):
@@ -202,6 +203,29 @@ def _quick_reconnect_pool(base: type) -> type:
     class RedraftPool(base):
         async def _add_connection(self, attempt, growing: bool = False) -> None:
             await super()._add_connection(attempt or QuickRetry(timeout=self.reconnect_timeout), growing)
+
+        async def _getconn_with_check_loop(self, deadline: float):
+            """psycopg_pool waits 1 s, 2 s, 4 s ... between failed checks, though each retry takes another pooled
+            connection: after every backend was terminated, a pool of dead idle connections outlasts any pool
+            timeout. Here a failed check is followed by the next connection at once; only once more connections
+            failed than the pool holds is there a short pause (the database itself may be down)."""
+            failed = 0
+            while True:
+                conn = await self._getconn_unchecked(deadline - time.monotonic())
+                try:
+                    await self._check_connection(conn)
+                except Exception:
+                    await self._putconn(conn, from_getconn=True)
+                except BaseException:
+                    await self._putconn(conn, from_getconn=True)
+                    raise
+                else:
+                    return conn
+                failed += 1
+                if time.monotonic() >= deadline:
+                    raise PoolTimeout()
+                if failed > self.max_size:
+                    await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     return RedraftPool
 
