@@ -54,8 +54,7 @@ async def test_random_cancel_run_then_fresh_runs_are_clean(pg_url, stub):
     cancels = 0
 
     async with Client(server) as client:
-
-        sessions = [(await call(client, "create_session"))["session_id"] for _ in range(LANES * 35)]
+        sessions = [(await call(client, "create_session"))["session_id"] for _ in range(LANES * 25)]
 
         async def lane(n: int) -> None:
             nonlocal cancels
@@ -73,7 +72,7 @@ async def test_random_cancel_run_then_fresh_runs_are_clean(pg_url, stub):
                 await call(client, "cancel_run", run_id=run["run_id"])
                 cancels += 1
 
-        await asyncio.gather(*[lane(35) for _ in range(LANES)])
+        await asyncio.gather(*[lane(25) for _ in range(LANES)])
         app = server._lifespan_result["redraft"]
         db = app.runner.persistence.db
 
@@ -85,7 +84,7 @@ async def test_random_cancel_run_then_fresh_runs_are_clean(pg_url, stub):
         assert await settle(lambda: live_leases(db)) == 0
         statuses = await db.fetchall("SELECT status, count(*) AS n FROM redraft_runs GROUP BY status")
         counts = {r["status"]: int(r["n"]) for r in statuses}
-        assert set(counts) <= {"cancelled", "succeeded"} and counts.get("cancelled", 0) >= 150, counts
+        assert set(counts) <= {"cancelled", "succeeded"} and counts.get("cancelled", 0) >= 100, counts
         assert await settle(lambda: in_use(db)) == 0, db.pool.get_stats()  # every connection came back
 
         # fresh runs on brand-new threads: every one succeeds, none meets a ConflictError
@@ -97,7 +96,7 @@ async def test_random_cancel_run_then_fresh_runs_are_clean(pg_url, stub):
             return await call(client, "wait_run", run_id=run["run_id"], timeout_s=30)
 
         views = await asyncio.gather(*[fresh(i) for i in range(20)])
-    assert cancels == LANES * 35
+    assert cancels == LANES * 25
     assert [v["status"] for v in views] == ["succeeded"] * 20, [v["error"] for v in views if v["error"]][:3]
 
 
@@ -118,7 +117,7 @@ async def test_random_asyncio_cancellation_of_refine_then_fresh_refines_are_clea
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-        await asyncio.gather(*[lane(35) for _ in range(LANES)])
+        await asyncio.gather(*[lane(25) for _ in range(LANES)])
         db = persistence.db
         assert await settle(lambda: live_leases(db)) == 0
         assert await settle(lambda: in_use(db)) == 0, db.pool.get_stats()
