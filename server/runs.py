@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Literal
 
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ResourceError
 from fastmcp.server.providers.base import Provider
 from pydantic import Field
@@ -32,6 +32,7 @@ from redraft.graph.runs import ACTIVE, CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, R
 from redraft.graph.state import phase_of
 from redraft.server.middleware import guard
 from redraft.server.sessions import principal_key
+from redraft.server.tasks import forward_progress
 
 log = logging.getLogger("redraft.runs")
 
@@ -254,12 +255,19 @@ def register_runs(mcp: FastMCP, app) -> RunService:
     @mcp.tool(annotations={"readOnlyHint": True})
     @guard()
     async def wait_run(
+        ctx: Context,
         run_id: RunId,
         timeout_s: Annotated[float, Field(gt=0, le=MAX_WAIT_S, description="Return after this long at most.")] = 30.0,
     ) -> dict:
         """Wait until the run stops or timeout_s (at most 50 s) passes, then return run_status (timed_out tells
-        which). Call again to keep waiting."""
-        return await service.wait(run_id, timeout_s)
+        which). Call again to keep waiting. Meanwhile the run's progress (each step, and tokens so far within one)
+        comes as progress notifications, from whichever replica runs it."""
+        view = await service.view(run_id)  # the caller's run, or not_found -- before any of its progress is forwarded
+        forward = asyncio.create_task(forward_progress(ctx, service.bus, run_id, steps=view["steps"]))
+        try:
+            return await service.wait(run_id, timeout_s)
+        finally:
+            forward.cancel()
 
     @mcp.tool(annotations={"idempotentHint": True})
     @guard()

@@ -278,7 +278,7 @@ async def _execute(app, ctx: Context, run_id: str, decision: dict | None, sessio
     async def touch() -> None:
         await app.sessions.touch_quietly(principal, session_id)
 
-    forward = asyncio.create_task(_forward_progress(ctx, app.bus, run_id, touch))
+    forward = asyncio.create_task(forward_progress(ctx, app.bus, run_id, touch))
     await asyncio.sleep(0)  # let the forwarder subscribe before the run publishes
     try:
         return await execute_run(app.runner, app.runs, app.bus, run_id, decision=decision)
@@ -293,21 +293,29 @@ async def _execute(app, ctx: Context, run_id: str, decision: dict | None, sessio
             await asyncio.shield(touch())
 
 
-async def _forward_progress(ctx: Context, bus, run_id: str, touch) -> None:
-    steps, touched = 0, time.monotonic()
+async def forward_progress(ctx: Context, bus, run_id: str, touch=None, steps: int = 0) -> None:
+    """Forward a run's progress events (from any replica, over the bus) to ``ctx.report_progress``: the task's status
+    message inside a task; MCP progress notifications in a call that carries a progress token (``wait_run``). The
+    progress value is the steps done (from ``steps``), plus a growing fraction for each "tokens so far" within a step,
+    so it increases with every notification."""
+    touched, within = time.monotonic(), 0
     try:
         async for event in bus.subscribe(run_id):
             if event.get("type") not in ("step", "tokens"):
                 continue
-            steps = event.get("steps") or steps
             message = event.get("message") or ""
-            if event.get("type") == "step":
+            if event.get("type") == "tokens":
+                within += 1
+                progress = steps + within / (within + 1)
+            else:
+                steps, within = max(steps + 1, int(event.get("steps") or 0)), 0
+                progress = steps
                 loop, similarity = event.get("loop"), event.get("similarity")
                 message += f" (loop {loop}" + (f", similarity {similarity:.3f})" if similarity is not None else ")")
-                if time.monotonic() - touched > TOUCH_EVERY_S:
+                if touch is not None and time.monotonic() - touched > TOUCH_EVERY_S:
                     touched = time.monotonic()
                     await touch()
-            await ctx.report_progress(steps, event.get("total"), message)
+            await ctx.report_progress(progress, event.get("total"), message)
     except asyncio.CancelledError:
         raise
     except Exception:  # progress is best effort: the run must not fail on it

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import mcp
@@ -302,3 +303,43 @@ async def test_two_replicas_task_created_on_a_is_polled_and_cancelled_through_b(
         b.stop()
     assert task.status == "cancelled" and run["status"] == "cancelled"
     assert latency < 1.0, latency
+
+
+async def test_wait_run_on_replica_b_streams_progress_notifications_of_a_run_on_a(pg_url, redis_url, stub, tmp_path):
+    """Progress travels on the Redis bus: a client long-polling replica B gets MCP progress notifications (each step,
+    and tokens so far within one) of a run that replica A's worker runs."""
+    stub.configure(latency_ms=400, changes=[12])
+    env = server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)
+    a = HttpServer(env, log=tmp_path / "a.log").start()
+    b = HttpServer(env, log=tmp_path / "b.log").start()
+    notes = []
+    call = [0]
+
+    async def on_progress(progress, total, message):
+        notes.append((call[0], progress, total, message))
+
+    try:
+        async with (
+            mcp.Client(a.url, read_timeout_seconds=5) as on_a,
+            mcp.Client(b.url, read_timeout_seconds=5) as on_b,
+        ):
+            sid = (await on_a.call_tool("create_session", {})).structured_content["session_id"]
+            args = {"session_id": sid, "query": "Stream it.", "max_loops": 3, "similarity_threshold": 1.0}
+            run_id = (await on_a.call_tool("start_refine", args)).structured_content["run_id"]
+            for call[0] in range(10):
+                view = (
+                    await on_b.call_tool("wait_run", {"run_id": run_id, "timeout_s": 4}, progress_callback=on_progress)
+                ).structured_content
+                if not view["timed_out"]:
+                    break
+    finally:
+        a.stop()
+        b.stop()
+    assert view["status"] == "succeeded", view
+    messages = [m for _, _, _, m in notes]
+    steps = [m for m in messages if " done (loop " in m]
+    assert len(steps) >= 6, messages  # draft + 3 x (critique, revise): one notification per step, lost ones aside
+    assert any("tokens so far" in m for m in messages), messages
+    for n in {c for c, _, _, _ in notes}:  # within each call, progress grows with every notification
+        values = [p for c, p, _, _ in notes if c == n]
+        assert all(x < y for x, y in itertools.pairwise(values)), values
