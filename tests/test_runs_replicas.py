@@ -118,6 +118,41 @@ async def test_kill_9_mid_run_and_restart_the_same_run_succeeds_with_every_step_
     assert recovered < float(LEASE) + 10, recovered
 
 
+async def test_kill_9_the_replica_running_a_run_and_the_other_replica_finishes_it(pg_url, redis_url, stub, tmp_path):
+    stub.configure(latency_ms=250, changes=[12])
+    loops = 6
+    servers = [HttpServer(env(pg_url, stub, redis_url), log=tmp_path / f"{n}.log").start() for n in "ab"]
+    try:
+        async with mcp.Client(servers[0].url, read_timeout_seconds=5) as client:
+            sid = (await call(client, "create_session"))["session_id"]
+            run = await call(
+                client, "start_refine", session_id=sid, query="Fail over.", max_loops=loops, similarity_threshold=1.0
+            )
+            for _ in range(200):
+                view = await call(client, "run_status", run_id=run["run_id"])
+                if view["steps"] >= 4:
+                    break
+                await asyncio.sleep(0.05)
+        # whichever replica's worker took the run: kill that one, follow the run through the other
+        running = next(s for s in servers if view["worker"].endswith(f":{s.proc.pid}"))
+        survivor = next(s for s in servers if s is not running)
+        running.kill()
+        killed = time.monotonic()
+        async with mcp.Client(survivor.url, read_timeout_seconds=5) as client:
+            final = await wait_for(client, run["run_id"], within=60)
+            recovered = time.monotonic() - killed
+            history = await call(client, "history", session_id=sid, limit=100)
+    finally:
+        for server in servers:
+            server.stop()
+    print(f"failover: the run succeeded on the other replica {recovered:.1f} s after the kill (lease {LEASE} s)")
+    assert final["status"] == "succeeded" and final["attempts"] == 2, final
+    assert final["worker"].endswith(f":{survivor.proc.pid}")
+    assert len(stub.prompts("draft")) == 1
+    _linear_once(history, loops)
+    assert recovered < float(LEASE) + 10, recovered
+
+
 async def test_two_replicas_start_on_a_poll_and_cancel_on_b(pg_url, redis_url, stub, tmp_path):
     stub.configure(latency_ms=1000, changes=[12])
     a = HttpServer(env(pg_url, stub, redis_url), log=tmp_path / "a.log").start()
