@@ -193,7 +193,8 @@ def register_tools(mcp: FastMCP, app) -> None:
         ] = None,
     ) -> ThreadView:
         """Continue a thread stopped by a crash, an error or a step-mode gate, from its last checkpoint. Completed
-        steps are never repeated."""
+        steps are never repeated. If a background run (start_refine, or an MCP task in input_required) waits at the
+        gate, the decision resumes that same run, to its next stop."""
         thread = await app.thread(session_id, companion)
         payload = decision.model_dump(exclude_none=True) if decision else None
         parked = await parked_run(app, thread)
