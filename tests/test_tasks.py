@@ -91,6 +91,9 @@ async def test_official_sdk_client_with_5s_read_timeout_completes_a_20_step_refi
             assert isinstance(created, ClientCreateTaskResult) and created.status == "working"
             assert time.monotonic() - started < 1.0
             assert created.poll_interval_ms == 1000
+            # the task id names its run record from the first moment
+            early = await client.call_tool("run_status", {"run_id": created.task_id})
+            assert not early.is_error and early.structured_content["status"] in ("queued", "running"), early
 
             task, seen = await poll(client, created.task_id)
             elapsed = time.monotonic() - started
