@@ -32,7 +32,7 @@ from redraft.graph.runs import ACTIVE, CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, R
 from redraft.graph.state import phase_of
 from redraft.server.middleware import guard
 from redraft.server.sessions import principal_key
-from redraft.server.tasks import forward_progress
+from redraft.server.tasks import cancel_task_run, forward_progress
 
 log = logging.getLogger("redraft.runs")
 
@@ -104,7 +104,9 @@ class RunService:
         runs. ``STOP_AT_BOUNDARY`` lets it finish the step in flight."""
         run = await self.store.request_cancel(run_id, how)
         if how == CANCEL_NOW and run is not None:
-            if self.docket is not None:
+            if (run["request"] or {}).get("task") and await cancel_task_run(self.mcp, run_id):
+                pass  # an MCP task: cancelled as tasks/cancel does (its legs have Docket keys of their own)
+            elif self.docket is not None:
                 await self.docket.cancel(run_id)
             elif run_id in self.local:
                 self.local[run_id].cancel()

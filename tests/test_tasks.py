@@ -346,3 +346,36 @@ async def test_wait_run_on_replica_b_streams_progress_notifications_of_a_run_on_
     for n in {c for c, _, _, _ in notes}:  # within each call, progress grows with every notification
         values = [p for c, p, _, _ in notes if c == n]
         assert all(x < y for x, y in itertools.pairwise(values)), values
+
+
+async def test_cancel_run_on_a_task_id_stops_the_task_mid_model_call(pg_url, redis_url, stub):
+    """The plain tool view cancels the task view's run: cancel_run(task_id) stops it within 1 s, model call included,
+    and the task reads cancelled."""
+    stub.configure(latency_ms=1500, changes=[12])
+    with http_server(server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)) as server:
+        async with (
+            mcp.Client(server.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as tasks_client,
+            mcp.Client(server.url, read_timeout_seconds=5) as tool_client,
+        ):
+            sid = (await tool_client.call_tool("create_session", {})).structured_content["session_id"]
+            args = {"session_id": sid, "query": "Cancel me too.", "max_loops": 3, "similarity_threshold": 1.0}
+            task_id = (await tasks_client.session.call_tool("refine", args, allow_claimed=True)).task_id
+            for _ in range(200):  # until the draft committed and the critique's model call is in flight
+                if len(stub.requests) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            await tool_client.call_tool("cancel_run", {"run_id": task_id})
+            for _ in range(100):
+                run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
+                if run["status"] != "running":
+                    break
+                await asyncio.sleep(0.02)
+            latency = time.monotonic() - started
+            await asyncio.sleep(0.5)
+            task = await get_task(tasks_client, task_id)
+            requests = len(stub.requests)
+    assert run["status"] == "cancelled" and task.status == "cancelled", (run["status"], task.status)
+    assert latency < 1.0, latency
+    assert requests == 2  # nothing ran after the cancel
