@@ -89,7 +89,7 @@ class RedraftTasks(TasksExtension):
 
 async def _note_run(server, task_id: str, kind: str, args: dict) -> None:
     """Write the run record of a new refine / replay task before its id reaches the client, so ``run_status`` knows the
-    id from the first moment. The task body completes the record (it validates the session) or fails it."""
+    id from the first moment. The task body completes the record (it validates the session) or removes it."""
     app = (server._lifespan_result or {}).get("redraft")
     if app is None or app.runs is None:
         return
@@ -146,13 +146,14 @@ def task_id_of(ctx: Context | None) -> str | None:
 
 
 async def task_thread(app, ctx: Context, session_id: str, companion: str) -> str:
-    """``app.thread`` for a task body: a refused session or companion also fails the run noted at task creation."""
+    """``app.thread`` for a task body. A refused session or companion changes nothing: the run noted at task creation
+    is removed again (the task itself ends with the error)."""
     try:
         return await app.thread(session_id, companion)
-    except RedraftError as exc:
+    except RedraftError:
         with contextlib.suppress(Exception):
-            await app.runs.finish(
-                ctx.task_id, "failed", expect=("queued",), error_code=exc.code, error_message=exc.message
+            await app.runs.db.execute(
+                "DELETE FROM redraft_runs WHERE run_id = ? AND status = 'queued' AND attempts = 0", (ctx.task_id,)
             )
         raise
 

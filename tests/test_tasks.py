@@ -379,3 +379,17 @@ async def test_cancel_run_on_a_task_id_stops_the_task_mid_model_call(pg_url, red
     assert run["status"] == "cancelled" and task.status == "cancelled", (run["status"], task.status)
     assert latency < 1.0, latency
     assert requests == 2  # nothing ran after the cancel
+
+
+async def test_a_task_with_a_bad_session_ends_with_the_error_and_leaves_no_run(pg_url, redis_url, stub):
+    with http_server(server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)) as server:
+        async with mcp.Client(server.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as client:
+            bogus = "00000000-0000-4000-8000-000000000000"
+            args = {"session_id": bogus, "query": "Nobody's.", "max_loops": 1}
+            task_id = (await client.session.call_tool("refine", args, allow_claimed=True)).task_id
+            task, _ = await poll(client, task_id, within=30)
+            status = await client.call_tool("run_status", {"run_id": task_id})
+    assert task.status == "completed" and task.result["isError"] is True
+    assert task.result["content"][0]["text"].startswith("invalid_session: ")
+    assert status.is_error and status.content[0].text.startswith("not_found: ")
+    assert stub.requests == []
