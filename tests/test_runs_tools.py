@@ -173,3 +173,36 @@ async def test_rollback_cancels_the_current_run_and_removes_its_checkpoints(serv
         history = await call(client, "history", session_id=sid, limit=100)
         assert "First." not in json.dumps(history)
         assert any(c["checkpoint_id"] == before["checkpoint_id"] for c in history["checkpoints"])
+
+
+async def test_another_principal_cannot_see_wait_for_or_cancel_a_run(tmp_path, stub):
+    from tests.servers import HttpServer, server_env
+
+    tokens = {"tok-runs-alice-0001": "alice", "tok-runs-bob-0002": "bob"}
+    env = server_env(str(tmp_path / "runs.sqlite"), stub.base_url, REDRAFT_AUTH_TOKENS=json.dumps(tokens))
+    stub.configure(latency_ms=300, changes=[5])
+    server = HttpServer(env).start()
+    try:
+        async with (
+            Client(server.url, auth="tok-runs-alice-0001") as alice,
+            Client(server.url, auth="tok-runs-bob-0002") as bob,
+        ):
+            sid = await new_session(alice)
+            run = await call(alice, "start_refine", session_id=sid, query="Alice's.", max_loops=1)
+            for tool, args in [
+                ("run_status", {"run_id": run["run_id"]}),
+                ("wait_run", {"run_id": run["run_id"], "timeout_s": 1}),
+                ("cancel_run", {"run_id": run["run_id"]}),
+            ]:
+                with pytest.raises(ToolError, match=r"^not_found: "):
+                    await bob.call_tool(tool, args)
+            with pytest.raises(Exception, match=r"not_found|No run"):
+                await bob.read_resource(f"redraft://runs/{run['run_id']}")
+            with pytest.raises(ToolError, match="invalid_session"):
+                await bob.call_tool(
+                    "start_refine", {"session_id": sid, "query": "Bob's.", "multitask_strategy": "rollback"}
+                )
+            done = await call(alice, "wait_run", run_id=run["run_id"], timeout_s=30)
+    finally:
+        server.stop()
+    assert done["status"] == "succeeded"  # Bob's cancel changed nothing
