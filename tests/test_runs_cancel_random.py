@@ -93,7 +93,11 @@ async def test_random_cancel_run_then_fresh_runs_are_clean(pg_url, stub):
         async def fresh(i: int) -> dict:
             sid = fresh_sessions[i]
             run = await call(client, "start_refine", session_id=sid, query=f"Fresh {i}.", max_loops=1)
-            return await call(client, "wait_run", run_id=run["run_id"], timeout_s=30)
+            for _ in range(4):  # a loaded machine (the suite on two shared cores) may need more than one long poll
+                view = await call(client, "wait_run", run_id=run["run_id"], timeout_s=30)
+                if not view["timed_out"]:
+                    break
+            return view
 
         views = await asyncio.gather(*[fresh(i) for i in range(20)])
     assert cancels == LANES * 25
