@@ -22,6 +22,7 @@ LOOPS = 3
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(480)  # 20 server starts and kills: minutes on a loaded 2-core machine
 async def test_random_sigkills_leave_consistent_resumable_threads(pg_url, tmp_path, stub):
     stub.configure(changes=[30], latency_ms=40)
     rng = random.Random(20261124)

@@ -26,18 +26,19 @@ def count_rows(db_url: str, sql: str, params: tuple) -> int:
 
 
 async def test_idle_sessions_expire_and_the_sweep_deletes_their_checkpoints(db_url, stub):
-    server = create_server(make_settings(db_url, stub, session_ttl_seconds=1.0, sweep_interval_seconds=0.3))
+    # timings with room for a loaded 2-core CI machine: each sleep is well inside or well past the TTL
+    server = create_server(make_settings(db_url, stub, session_ttl_seconds=2.5, sweep_interval_seconds=0.3))
     async with Client(server) as client:
         sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
         await client.call_tool("refine", {"session_id": sid, "query": "Short-lived."})
         thread = thread_id_for(sid, "generic")
         assert count_rows(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) > 0
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1.5)
         await client.call_tool("status", {"session_id": sid})  # an access renews the TTL
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1.5)
         listed = (await client.call_tool("list_sessions", {})).structured_content["sessions"]
         assert [s["session_id"] for s in listed] == [sid]
-        await asyncio.sleep(1.5)  # idle past the TTL: the periodic sweep removes everything
+        await asyncio.sleep(3.5)  # idle past the TTL: the periodic sweep removes everything
         with pytest.raises(ToolError, match="invalid_session"):
             await client.call_tool("status", {"session_id": sid})
         assert count_rows(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) == 0
