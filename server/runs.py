@@ -64,10 +64,25 @@ class RunService:
             self.bus = self._own_bus = open_bus(self.app.settings.redis_url)
         if self.docket is not None:
             self.docket.register(self._docket_task, names=[TASK_NAME])
+        shared = bool(self.app.settings.redis_url) and not self.app.settings.redis_url.startswith("memory://")
         for run in await self.store.list_unfinished():
-            if (run["request"] or {}).get("queue") == RUN_QUEUE:
-                log.info("queueing unfinished run %s again", run["run_id"])
-                await self.enqueue(run["run_id"])
+            if (run["request"] or {}).get("queue") != RUN_QUEUE:
+                continue
+            # A shared queue still holds a crashed worker's task (Docket redelivers it); a run another replica is
+            # running right now (its thread's lease is live) is left alone. An in-process queue died with its
+            # process: everything the table says is unfinished is queued again.
+            if shared and run["status"] == "running" and await self._lease_live(run["thread_id"]):
+                continue
+            log.info("queueing unfinished run %s again", run["run_id"])
+            await self.enqueue(run["run_id"])
+
+    async def _lease_live(self, thread_id: str) -> bool:
+        db = self.app.runner.persistence.db
+        row = await db.fetchone(
+            f"SELECT 1 AS held FROM redraft_leases WHERE thread_id = ? AND expires_at > {db.now_sql}",
+            (thread_id, *db.now_params),
+        )
+        return row is not None
 
     async def close(self) -> None:
         """Shutdown: local runs stop where they are (their rows stay running, for the next start)."""
