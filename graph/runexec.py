@@ -26,6 +26,7 @@ from redraft.graph.multitask import close_current_query, rollback_to
 from redraft.graph.runner import Runner, pending_gate
 from redraft.graph.runs import CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore
 from redraft.graph.state import phase_of
+from redraft.nodes.gate import ACTIONS
 
 log = logging.getLogger("redraft.runs")
 
@@ -70,11 +71,18 @@ def run_view(run: dict, latest: dict | None = None) -> dict:
         "first_checkpoint": run.get("first_checkpoint"),
         "last_checkpoint": run.get("last_checkpoint"),
         "error": {"code": run["error_code"], "message": run.get("error_message")} if run.get("error_code") else None,
-        "pending_gate": (result or {}).get("pending_gate") if run["status"] == "interrupted" else None,
+        "pending_gate": _with_choices((result or {}).get("pending_gate")) if run["status"] == "interrupted" else None,
         "result": result if run["status"] in ("succeeded", "interrupted") else None,
         "attempts": run.get("attempts") or 0,
         "worker": run.get("worker"),
     }
+
+
+def _with_choices(gate: dict | None) -> dict | None:
+    """A pending gate with the decisions it takes (resume's ``decision.action``)."""
+    if not gate:
+        return None
+    return {**gate, "choices": list(ACTIONS.get(gate.get("gate"), ()))}
 
 
 async def _head(runner: Runner, thread_id: str) -> tuple[str, dict]:

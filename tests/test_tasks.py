@@ -146,6 +146,7 @@ async def test_step_mode_gates_are_input_required_answered_by_tasks_update_or_by
             assert "before critique" in request["params"]["message"]
             run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
             assert run["status"] == "interrupted" and run["pending_gate"]["gate"] == "critique"
+            assert run["pending_gate"]["choices"] == ["approve", "replace"]
             requests_before = len(stub.requests)
 
             # a bad answer is refused with a clear reason and asked again; nothing ran
@@ -167,6 +168,7 @@ async def test_step_mode_gates_are_input_required_answered_by_tasks_update_or_by
             # the tool client sees the same run interrupted at the revise gate and answers it with resume
             run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
             assert run["status"] == "interrupted" and run["pending_gate"]["gate"] == "revise"
+            assert run["pending_gate"]["choices"] == ["approve", "edit", "replace"]
             done = await tool_client.call_tool("resume", {"session_id": sid, "companion": "summary"})
             assert done.structured_content["phase"] == "done"
 
