@@ -395,3 +395,31 @@ async def test_a_task_with_a_bad_session_ends_with_the_error_and_leaves_no_run(p
     assert task.result["content"][0]["text"].startswith("invalid_session: ")
     assert status.is_error and status.content[0].text.startswith("not_found: ")
     assert stub.requests == []
+
+
+async def test_zero_config_fastmcp_client_drives_step_mode_gates_through_its_elicitation_handler(tmp_path, stub):
+    """No Redis (in-process queue): fastmcp.Client opts in to tasks and answers each input_required gate with its
+    elicitation handler, transparently, until the step-mode refine is done."""
+    from fastmcp import Client
+
+    from redraft.server.app import create_server
+    from tests.conftest import make_settings
+
+    stub.configure(draft_words=20, critique_words=5)
+    asked = []
+
+    async def handler(message, response_type, params, context):
+        asked.append((message, params.requested_schema["properties"]["action"]["enum"]))
+        if "before critique" in message:
+            return {"action": "replace", "text": "Shorter, please."}
+        return {"action": "approve"}
+
+    server = create_server(make_settings(str(tmp_path / "t.sqlite"), stub))
+    async with Client(server, elicitation_handler=handler) as client:
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        args = {"session_id": sid, "companion": "summary", "query": "Summarise.", "max_loops": 2}
+        result = (await client.call_tool("refine", args)).structured_content
+    assert result["phase"] == "done" and result["stop_reason"] == "max_loops"
+    assert [enum for _, enum in asked] == [["approve", "replace"], ["approve", "edit", "replace"]] * 2
+    assert result["slot"]["critique"] == ["Shorter, please."] * 2
+    assert [r["node"] for r in stub.requests] == ["draft", "revise", "revise"]
