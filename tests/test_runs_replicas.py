@@ -213,7 +213,7 @@ async def test_two_replicas_start_on_a_poll_and_cancel_on_b(pg_url, redis_url, s
 
 async def test_load_50_background_runs_on_two_replicas_none_lost_none_twice(pg_url, redis_url, stub, tmp_path):
     stub.configure(latency_ms=30, changes=[12])
-    loops = 2
+    loops = 1
     # the default 10 s step lease: two busy replicas on two shared cores
     a = HttpServer(env(pg_url, stub, redis_url, lease="10"), log=tmp_path / "a.log").start()
     b = HttpServer(env(pg_url, stub, redis_url, lease="10"), log=tmp_path / "b.log").start()
