@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from redraft.graph.database import Database
+from redraft.nodes.gate import ACTIONS
 
 STATUSES = ("queued", "running", "interrupted", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -189,3 +190,45 @@ class RunStore:
         for thread_id in thread_ids:
             count += await self.db.execute("DELETE FROM redraft_runs WHERE thread_id = ?", (thread_id,))
         return count
+
+
+def run_view(run: dict, latest: dict | None = None) -> dict:
+    """What run_status, wait_run and the run resource show: status, phase, loop, last similarity, elapsed, tokens,
+    error, pending gate, and the result once the run stopped."""
+    now = time.time()
+    started = run.get("started_at")
+    end = run.get("finished_at") or now
+    result = run.get("result")
+    tokens = run.get("tokens") or 0
+    if latest and latest.get("tokens") is not None and run["status"] == "running":
+        tokens = max(tokens, int(latest["tokens"]))
+    return {
+        "run_id": run["run_id"],
+        "status": run["status"],
+        "kind": run["kind"],
+        "session_id": run["session_id"],
+        "companion": run["companion"],
+        "multitask_strategy": run["multitask_strategy"],
+        "phase": ((latest or {}).get("phase") if run["status"] == "running" else None) or run.get("phase"),
+        "loop": run.get("loop") or 0,
+        "steps": run.get("steps") or 0,
+        "last_similarity": run.get("last_similarity"),
+        "tokens": tokens,
+        "elapsed_s": round(end - started, 3) if started else 0.0,
+        "queued_s": round((started or now) - run["created_at"], 3),
+        "progress": (latest or {}).get("message") or run.get("progress_message"),
+        "first_checkpoint": run.get("first_checkpoint"),
+        "last_checkpoint": run.get("last_checkpoint"),
+        "error": {"code": run["error_code"], "message": run.get("error_message")} if run.get("error_code") else None,
+        "pending_gate": _with_choices((result or {}).get("pending_gate")) if run["status"] == "interrupted" else None,
+        "result": result if run["status"] in ("succeeded", "interrupted") else None,
+        "attempts": run.get("attempts") or 0,
+        "worker": run.get("worker"),
+    }
+
+
+def _with_choices(gate: dict | None) -> dict | None:
+    """A pending gate with the decisions it takes (resume's ``decision.action``)."""
+    if not gate:
+        return None
+    return {**gate, "choices": list(ACTIONS.get(gate.get("gate"), ()))}
