@@ -88,6 +88,11 @@ PG_SCHEMA = [
 SQLITE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS redraft_fence (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO redraft_fence (id, value) VALUES (1, 0)",
+    # a grant takes the counter's next value in its own statement; these keep the counter at the highest token
+    """CREATE TRIGGER IF NOT EXISTS redraft_fence_on_insert AFTER INSERT ON redraft_leases
+    BEGIN UPDATE redraft_fence SET value = max(value, NEW.token) WHERE id = 1; END""",
+    """CREATE TRIGGER IF NOT EXISTS redraft_fence_on_update AFTER UPDATE OF token ON redraft_leases
+    BEGIN UPDATE redraft_fence SET value = max(value, NEW.token) WHERE id = 1; END""",
 ]
 # An ended session's threads keep a tombstone lease this long, so a step that validated the session just before it
 # ended cannot write into its deleted threads afterwards.
@@ -317,23 +322,27 @@ class SqliteDatabase(Database):
             await self.conn.execute("COMMIT")
 
     async def _take(self, conn, thread_id: str, owner: str, ttl: float, over_tombstone: bool) -> int | None:
-        """Inside a transaction: take the lease if it is free; the new token, or None."""
+        """Take the lease if it is free, in one statement (atomic: SQLite runs one writer at a time, and the triggers
+        advance the token counter in the same statement); the new token, or None."""
         now = time.time()
-        async with conn.execute("UPDATE redraft_fence SET value = value + 1 WHERE id = 1 RETURNING value") as cur:
-            token = (await cur.fetchone())[0]
-        cur = await conn.execute(
-            "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) VALUES (?, ?, ?, ?) "
+        async with conn.execute(
+            "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
+            "VALUES (?, ?, (SELECT value + 1 FROM redraft_fence WHERE id = 1), ?) "
             "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
-            "expires_at = excluded.expires_at WHERE redraft_leases.expires_at < ? OR (? AND redraft_leases.owner = ?)",
-            (thread_id, owner, token, now + ttl, now, over_tombstone, TOMBSTONE),
-        )
-        return token if cur.rowcount == 1 else None
+            "expires_at = excluded.expires_at WHERE redraft_leases.expires_at < ? OR (? AND redraft_leases.owner = ?) "
+            "RETURNING token",
+            (thread_id, owner, now + ttl, now, over_tombstone, TOMBSTONE),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else None
 
     async def grant(self, thread_id: str) -> Lease:
-        async with self.transaction() as conn:
-            token = await self._take(conn, thread_id, OWNER, self.lease_ttl, False)
+        async with self.guarded(), self.lock:  # one autocommit statement, no transaction round trips
+            token = await self._take(self.conn, thread_id, OWNER, self.lease_ttl, False)
             if token is None:
-                async with conn.execute("SELECT owner FROM redraft_leases WHERE thread_id = ?", (thread_id,)) as cur:
+                async with self.conn.execute(
+                    "SELECT owner FROM redraft_leases WHERE thread_id = ?", (thread_id,)
+                ) as cur:
                     held = await cur.fetchone()
         if token is None:
             raise _refused(held and held[0])
