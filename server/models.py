@@ -80,7 +80,8 @@ class ThreadView(BaseModel):
     branch: str | None = Field(default=None, description="state_at: the tip of the branch this checkpoint is on")
     on_head_branch: bool | None = Field(default=None, description="state_at: whether that branch is the live one")
     truncations: list[dict[str, Any]] = Field(
-        default_factory=list, description="steps of this query whose reply the model cut at max_tokens, and what was done"
+        default_factory=list,
+        description="steps of this query whose reply the model cut at max_tokens, and what was done",
     )
     checkpoint_id: str | None
     duration_s: float | None = None
