@@ -23,9 +23,10 @@ from redraft.errors import ConflictError, LeaseLostError, NotFoundError, Redraft
 from redraft.graph.bus import Bus
 from redraft.graph.database import OWNER
 from redraft.graph.multitask import close_current_query, rollback_to
-from redraft.graph.runner import Runner, pending_gate
+from redraft.graph.runner import Runner
 from redraft.graph.runs import CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore, run_view
 from redraft.graph.state import phase_of
+from redraft.graph.view import pending_gate
 
 log = logging.getLogger("redraft.runs")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from langgraph.types import StateSnapshot
@@ -20,9 +19,9 @@ from redraft.graph.builder import build_graph
 from redraft.graph.checkpointer import Persistence
 from redraft.graph.clock import order_after
 from redraft.graph.companions import Companion, get_companion
-from redraft.graph.convergence import report
 from redraft.graph.database import is_driver_error, storage_error
-from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_for, versions
+from redraft.graph.state import phase_of
+from redraft.graph.view import RunEnd, describe, pending_gate
 from redraft.nodes.context import RedraftContext
 from redraft.nodes.gate import answer_for, validate_decision
 from redraft.nodes.model import ModelProvider, effective_sampling
@@ -40,17 +39,6 @@ def thread_id_for(session_id: str, companion: str) -> str:
     return f"{session_id}:{companion}"
 
 
-@dataclass(frozen=True)
-class RunEnd:
-    """Where a run stopped, taken from its own stream (the last checkpoint event and any interrupt), so the result
-    view costs no second read of the thread. Duck-types the parts of ``StateSnapshot`` that ``describe`` uses."""
-
-    values: dict
-    next: tuple
-    config: dict
-    interrupts: tuple
-
-
 def _with_total(on_step: StepCallback | None, total: int) -> StepCallback | None:
     """Step events of a whole run also carry the most steps it can take (input excluded), for progress bars."""
     if on_step is None:
@@ -60,20 +48,6 @@ def _with_total(on_step: StepCallback | None, total: int) -> StepCallback | None
         await on_step({**event, "total": total})
 
     return step
-
-
-def pending_gate(snapshot: StateSnapshot | RunEnd) -> dict | None:
-    """The step-mode gate the thread is paused at. A task that already finished (its result saved before a crash, not
-    yet checkpointed) waits for nothing, even if it paused at its gate on an earlier attempt."""
-    tasks = getattr(snapshot, "tasks", None)
-    if tasks:
-        items: Any = [item for task in tasks if task.result is None for item in task.interrupts]
-    else:
-        items = snapshot.interrupts or ()
-    for item in items:
-        if isinstance(item.value, dict) and "gate" in item.value:
-            return item.value
-    return None
 
 
 def _same_query(state: dict, graph_input: dict) -> bool:
@@ -388,35 +362,3 @@ class Runner:
     async def status(self, thread_id: str, checkpoint_id: str | None = None) -> dict:
         snap = await self.snapshot(thread_id, checkpoint_id)
         return describe(thread_id, snap)
-
-
-def describe(thread_id: str, snap: StateSnapshot | RunEnd) -> dict:
-    """A JSON view of a thread at a checkpoint: phase, current slot, similarities, stop reason, best text."""
-    state = snap.values or {}
-    check_invariants(state)
-    run_log = state.get("run_log") or []
-    index = len(run_log) - 1
-    slot = run_log[index] if run_log else None
-    outcome = outcome_for(state, index) if slot else None
-    vs = versions(slot) if slot else []
-    scores = scores_for(state, index) if slot else []
-    run_config = state.get("run_config") or {}
-    return {
-        "thread_id": thread_id,
-        "checkpoint_id": (snap.config or {}).get("configurable", {}).get("checkpoint_id"),
-        "phase": phase_of(state),
-        "slot_index": index if slot else None,
-        "slots": len(run_log),
-        "slot": slot,
-        "similarities": scores,
-        # the scores stored when each revision was made (same function as the convergence resource recomputes)
-        "convergence": report(scores, len(vs), run_config.get("similarity_threshold", 1.0)) if vs else None,
-        "stop_reason": outcome["stop_reason"] if outcome else None,
-        "best_version": outcome["best"] if outcome else None,
-        "final_text": vs[outcome["best"]] if outcome else None,
-        "run_config": run_config,
-        "next": list(snap.next or ()),
-        "pending_gate": pending_gate(snap),
-        # replies of this query's steps that the model cut at max_tokens (REDRAFT_ON_TRUNCATION says what was done)
-        "truncations": [t for t in state.get("truncations") or [] if slot and t["slot"] == index],
-    }

@@ -13,8 +13,9 @@ from typing import Any
 from redraft.errors import CheckpointNotFoundError, InvalidInputError, PhaseError
 from redraft.graph.clock import order_after
 from redraft.graph.convergence import similarity_async
-from redraft.graph.runner import Runner, describe
+from redraft.graph.runner import Runner
 from redraft.graph.state import event, phase_of, versions
+from redraft.graph.view import describe
 from redraft.graph.worddiff import word_diff_async
 
 MAX_PAGE = 200
