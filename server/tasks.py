@@ -94,6 +94,10 @@ async def _note_run(server, task_id: str, kind: str, args: dict) -> None:
     if app is None or app.runs is None:
         return
     session_id, companion = str(args.get("session_id")), str(args.get("companion") or "generic")
+    try:  # a call the body will refuse gets no note: the worker may have run (and refused) it already
+        await app.thread(session_id, companion)
+    except Exception:
+        return
     with contextlib.suppress(Exception):  # the worker may have written it first: it is the same run
         await app.runs.create(
             run_id=task_id,
