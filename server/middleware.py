@@ -195,17 +195,8 @@ class LearningMiddleware(Middleware):
             return result
         elapsed = time.monotonic() - started
         try:
-            await self.app.stats.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}")
-            if data["phase"] == "done" and data.get("stop_reason"):
-                full_run = name == "refine" and (context.message.arguments or {}).get("query") is not None
-                await self.app.stats.record(
-                    companion,
-                    "run",
-                    iterations=len((data.get("slot") or {}).get("revision") or []),
-                    final_similarity=(data.get("similarities") or [None])[-1],
-                    stop_reason=data["stop_reason"],
-                    duration_s=elapsed if full_run else None,
-                )
+            full_run = name == "refine" and (context.message.arguments or {}).get("query") is not None
+            await self.app.stats.record_call(companion, name, data, elapsed, full_run)
         except Exception:
             log.warning("could not record stats for %s", name, exc_info=True)
         return result

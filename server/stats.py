@@ -18,6 +18,20 @@ class StatsStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    async def record_call(self, companion: str, name: str, data: dict, elapsed: float, full_run: bool) -> None:
+        """What one advancing call (a tool call or a task's run) teaches: its phase transition and time and, when it
+        finished a query, the run's iterations, final similarity, stop reason and (for a whole run) duration."""
+        await self.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}")
+        if data["phase"] == "done" and data.get("stop_reason"):
+            await self.record(
+                companion,
+                "run",
+                iterations=len((data.get("slot") or {}).get("revision") or []),
+                final_similarity=(data.get("similarities") or [None])[-1],
+                stop_reason=data["stop_reason"],
+                duration_s=elapsed if full_run else None,
+            )
+
     async def record(
         self,
         companion: str,

@@ -224,16 +224,7 @@ async def _learn(app, name: str, data: dict, elapsed: float, full_run: bool) -> 
     if app.stats is None or not companion or data.get("phase") is None:
         return
     try:
-        await app.stats.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}")
-        if data["phase"] == "done" and data.get("stop_reason"):
-            await app.stats.record(
-                companion,
-                "run",
-                iterations=len((data.get("slot") or {}).get("revision") or []),
-                final_similarity=(data.get("similarities") or [None])[-1],
-                stop_reason=data["stop_reason"],
-                duration_s=elapsed if full_run else None,
-            )
+        await app.stats.record_call(companion, name, data, elapsed, full_run)
     except Exception:
         log.warning("could not record stats for a %s task", name, exc_info=True)
 
