@@ -47,6 +47,7 @@ class AppState:
     stats: StatsStore | None = None
     runs: RunStore | None = None  # background runs (graph/runs.py): start_refine's and MCP tasks'
     bus: Bus | None = None  # their progress events (graph/bus.py): in-process, or Redis with REDRAFT_REDIS_URL
+    draining: bool = False  # set on SIGTERM/SIGINT (server/drain.py): /readyz answers 503, new calls are refused
 
     async def thread(self, session_id: str, companion: str) -> str:
         """Validate the companion and the caller's session (recording the access); return the thread id."""
