@@ -1,0 +1,49 @@
+"""``redraft companions`` and ``redraft config``: what the settings make of the companions and the rest."""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+
+from redraft.graph.companions import COMPANION_MAP, get_companion
+from redraft.server.cli.app import JsonOption, app, emit, execute_sync, out
+from redraft.settings import load_settings
+
+
+@app.command()
+def companions(as_json: JsonOption = False) -> None:
+    """Companion types and their defaults."""
+    settings = execute_sync(load_settings)
+    data = [get_companion(name, settings.companions).public() for name in COMPANION_MAP]
+
+    def human(rows: list[dict]) -> None:
+        table = Table("name", "description", "threshold", "max loops", "temperature", "history", "mode")
+        for c in rows:
+            temp = "default" if c["temperature"] is None else str(c["temperature"])
+            table.add_row(
+                c["name"],
+                c["description"],
+                str(c["similarity_threshold"]),
+                str(c["max_loops"]),
+                temp,
+                "cleared" if c["clear_history"] else "kept",
+                c["mode"],
+            )
+        out.print(table)
+
+    emit(data, as_json, human)
+
+
+@app.command()
+def config(as_json: JsonOption = False) -> None:
+    """The effective settings (environment, .env and defaults), secrets masked."""
+    data = execute_sync(load_settings).masked()
+
+    def human(d: dict) -> None:
+        table = Table("setting", "value")
+        for key, value in d.items():
+            table.add_row(f"REDRAFT_{key.upper()}", json.dumps(value) if not isinstance(value, str) else value)
+        out.print(table)
+
+    emit(data, as_json, human)

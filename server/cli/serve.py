@@ -1,0 +1,39 @@
+"""``redraft serve``: the MCP server over stdio or streamable HTTP."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from redraft.server.cli.app import DbOption, app, err, execute, execute_sync, settings_from
+
+
+@app.command()
+def serve(
+    transport: Annotated[str, typer.Option(help="stdio or http (streamable HTTP at /mcp).")] = "stdio",
+    host: Annotated[str | None, typer.Option(help="HTTP bind address (REDRAFT_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (REDRAFT_PORT).")] = None,
+    database_url: DbOption = None,
+) -> None:
+    """Run the MCP server (stdio by default; --transport http for streamable HTTP at /mcp)."""
+    from redraft.server import redaction
+    from redraft.server.app import create_server
+
+    settings = execute_sync(lambda: settings_from(database_url))
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    redaction.install(settings)
+    mcp = create_server(settings)
+    if transport == "stdio":
+        execute(lambda: mcp.run_stdio_async(show_banner=False))
+    elif transport == "http":
+        from redraft.server.http import serve_http
+
+        execute(lambda: serve_http(mcp, settings, host or settings.host, port if port is not None else settings.port))
+    else:
+        err.print(f"[bold red]error:[/] unknown transport {transport!r}: use stdio or http")
+        raise typer.Exit(2)
