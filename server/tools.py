@@ -25,7 +25,8 @@ from redraft.server.models import (
     decision_type,
 )
 from redraft.server.sessions import principal_key
-from redraft.server.tasks import TASK, answer_parked, ending, parked_run, run_task, task_id_of, task_thread
+from redraft.server.task_gates import answer_parked, parked_run
+from redraft.server.tasks import TASK, ending, run_task, task_id_of, task_thread
 from redraft.server.validation import ID_CHARS, text
 
 CompanionName = text(ID_CHARS, f"Companion type: one of {', '.join(COMPANION_MAP)}.")
