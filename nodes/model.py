@@ -27,6 +27,7 @@ from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 
 from redraft.errors import ConfigError, ContextOverflowError, ModelError
+from redraft.observability.modelcalls import ModelCall
 from redraft.settings import Settings
 
 SAMPLING_KEYS = ("model", "temperature", "top_p", "max_tokens", "seed")
@@ -117,7 +118,10 @@ class ModelProvider:
         api_key = s.api_key.get_secret_value()
         if not api_key:
             if not s.base_url:
-                raise ConfigError("REDRAFT_API_KEY is required when REDRAFT_BASE_URL is not set (OpenAI).")
+                raise ConfigError(
+                    "REDRAFT_API_KEY is required (or the standard OPENAI_API_KEY) when neither REDRAFT_BASE_URL nor "
+                    "OPENAI_BASE_URL is set (OpenAI)."
+                )
             api_key = "not-needed"  # Ollama / vLLM accept any key
         return ChatOpenAI(
             model=sampling["model"],
@@ -178,21 +182,23 @@ def truncation_update(reply: Reply, slot: int, node: str, n: int | None = None) 
 
 async def ask(model: Runnable, messages: list[BaseMessage], purpose: str, hint: str = "") -> tuple[str, str | None]:
     """One chat completion: its text and finish_reason (streamed or not). Every failure becomes a ``ModelError``
-    without secrets in it."""
-    try:
+    without secrets in it. Measured (metrics, a GenAI span when tracing is on) by ``ModelCall``."""
+    with ModelCall(model, purpose) as call:
         try:
-            reply = await model.ainvoke(messages)
-        except ValueError as exc:
-            if "No generations found in stream" not in str(exc):
-                raise
-            # llama-cpp-python answers a streamed request it cannot serve (a prompt over its context window) with
-            # HTTP 200 and an empty event stream, keeping the reason in its own log; unstreamed, the same request
-            # gets the reason (or, if it was a glitch, the reply).
-            reply = await model.ainvoke(messages, stream=False)
-    except openai.APIError as exc:
-        raise model_error(exc, purpose, hint) from None
-    except (json.JSONDecodeError, httpx.DecodingError, KeyError, TypeError):
-        raise ModelError(f"The model endpoint returned a malformed response to the {purpose} request.") from None
+            try:
+                reply = await model.ainvoke(messages)
+            except ValueError as exc:
+                if "No generations found in stream" not in str(exc):
+                    raise
+                # llama-cpp-python answers a streamed request it cannot serve (a prompt over its context window)
+                # with HTTP 200 and an empty event stream, keeping the reason in its own log; unstreamed, the same
+                # request gets the reason (or, if it was a glitch, the reply).
+                reply = await model.ainvoke(messages, stream=False)
+        except openai.APIError as exc:
+            raise model_error(exc, purpose, hint) from None
+        except (json.JSONDecodeError, httpx.DecodingError, KeyError, TypeError):
+            raise ModelError(f"The model endpoint returned a malformed response to the {purpose} request.") from None
+        call.replied(reply)
     content = reply.content
     if isinstance(content, list):  # content blocks
         content = "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from dotenv import dotenv_values
 from platformdirs import user_data_dir
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from redraft.errors import ConfigError
@@ -38,7 +38,12 @@ class CompanionOverride(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="REDRAFT_", env_file=".env", env_file_encoding="utf-8", env_nested_delimiter="__", extra="ignore"
+        env_prefix="REDRAFT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,  # load_settings(base_url=...) still works for the fields with OPENAI_* fallbacks
     )
 
     # Persistence: postgresql://..., a SQLite file path (or sqlite:///path), or "memory".
@@ -51,10 +56,13 @@ class Settings(BaseSettings):
     db_statement_timeout: float = Field(default=30.0, gt=0, le=3600)
     db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
 
-    # The model: any OpenAI-compatible endpoint.
+    # The model: any OpenAI-compatible endpoint. The endpoint and key fall back to the standard OPENAI_BASE_URL and
+    # OPENAI_API_KEY when the REDRAFT_* ones are unset (REDRAFT_* wins when both are set).
     model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    api_key: SecretStr = SecretStr("")
+    base_url: str | None = Field(default=None, validation_alias=AliasChoices("redraft_base_url", "openai_base_url"))
+    api_key: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("redraft_api_key", "openai_api_key")
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     request_timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
@@ -99,6 +107,10 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(default_factory=list)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "text" for humans, or "json": one JSON object per line (time, level, event, code, session, run, node, duration)
+    log_format: Literal["text", "json"] = "text"
+    # /readyz: each check (database, migrations, Redis) gives up after this many seconds and reports not ready
+    health_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
 
     @field_validator("database_url")
     @classmethod
@@ -129,6 +141,7 @@ class Settings(BaseSettings):
         data["api_key"] = "****" if self.api_key.get_secret_value() else ""
         data["auth_tokens"] = {f"****{i}": principal for i, principal in enumerate(self.auth_tokens.values(), 1)}
         data["database_url"] = mask_url(self.database_url)
+        data["base_url"] = mask_url(self.base_url) if self.base_url else None
         data["redis_url"] = mask_url(self.redis_url) if self.redis_url else None
         return data
 
@@ -166,6 +179,9 @@ def configured_secrets(**overrides) -> list[str]:
     sources = [dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}, os.environ]
     for source in sources:
         raw.update({k.lower(): v for k, v in source.items() if v is not None and k.lower().startswith("redraft_")})
+        fallback = source.get("OPENAI_API_KEY")  # the model key's standard fallback: a secret too
+        if fallback:
+            raw[f"redraft_api_key__openai_{len(raw)}"] = fallback
     raw.update({f"redraft_{k}": v for k, v in overrides.items() if k in SECRET_FIELDS and isinstance(v, str)})
     values: list[str] = []
     for name, value in raw.items():
@@ -179,7 +195,7 @@ def configured_secrets(**overrides) -> list[str]:
                 values.extend(str(token) for token in json.loads(value))
             except (ValueError, TypeError):
                 values.extend(re.findall(r'"([^"]+)"', value))  # malformed JSON: every quoted string
-        elif field == "api_key":
+        elif field == "api_key" or field.startswith("api_key__openai_"):
             values.append(value)
         elif field == "database_url":
             password = url_password(value)

@@ -232,7 +232,13 @@ class StubLLM:
             keys = ("model", "temperature", "top_p", "seed", "max_tokens", "max_completion_tokens")
             sampling = {k: body[k] for k in keys if k in body}
             self.requests.append(
-                {"node": node, "messages": messages, "stream": bool(body.get("stream")), "sampling": sampling}
+                {
+                    "node": node,
+                    "messages": messages,
+                    "stream": bool(body.get("stream")),
+                    "sampling": sampling,
+                    "authorization": handler.headers.get("authorization"),
+                }
             )
             fault = next((f for f in self.faults if f.get("node") in (None, node)), None)
             if fault is not None:
