@@ -1,6 +1,8 @@
 # `make serve` and `make test` each bootstrap .venv on first use (and again when pyproject.toml changes).
+# The probe is silent about interpreters it cannot use (a pyenv shim for a version that is not installed prints errors).
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
+	&& echo $$p && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -27,8 +29,9 @@ test: $(STAMP)  ## the whole test suite (PostgreSQL tests fail, never skip, when
 bench: $(STAMP)  ## benchmarks: prints a table and writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
 
+# basedpyright (pyrightconfig.json) checks that every import resolves, as an editor would see it.
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/basedpyright --pythonpath $(BIN)/python
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
