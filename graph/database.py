@@ -19,6 +19,7 @@ from typing import Any
 
 from redraft.errors import ConflictError, RedraftError, SessionBusyError, SessionNotFoundError, StorageError
 from redraft.graph.fencing import PG_FENCE_FUNCTION, deadline
+from redraft.observability import metrics
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS redraft_sessions (
@@ -256,12 +257,16 @@ class PostgresDatabase(Database):
             "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
             f"VALUES (?, ?, nextval('redraft_fence'), {now} + ?) "
             "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
-            f"expires_at = excluded.expires_at WHERE redraft_leases.expires_at < {now} RETURNING token",
+            f"expires_at = excluded.expires_at WHERE redraft_leases.expires_at < {now} "
+            # xmax is 0 on a freshly inserted row, non-zero on one updated: an expired lease taken over
+            "RETURNING token, xmax::text <> '0' AS took_over",
             (thread_id, OWNER, self.lease_ttl),
         )
         if row is None:
             held = await self.fetchone("SELECT owner FROM redraft_leases WHERE thread_id = ?", (thread_id,))
             raise _refused(held and held["owner"])
+        if row["took_over"]:
+            metrics.lease_taken_over()
         return Lease(thread_id, int(row["token"]))
 
     async def retire(self, thread_ids: Iterable[str]) -> None:
@@ -401,5 +406,6 @@ def is_driver_error(exc: BaseException) -> bool:
 
 
 def storage_error(exc: BaseException) -> StorageError:
-    """Wrap a driver error without leaking connection strings."""
+    """Wrap a driver error without leaking connection strings (and count it: ``redraft_storage_errors_total``)."""
+    metrics.storage_failed()
     return StorageError(f"Database error ({type(exc).__name__}); the operation was not applied and can be retried.")

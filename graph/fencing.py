@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redraft.errors import LeaseLostError, StorageError
+from redraft.observability import metrics
 
 LEASE_LOST_SQLSTATE = "RDLL1"
 
@@ -90,6 +91,7 @@ async def deadline(seconds: float, what: str = "database call") -> AsyncIterator
             remaining = task.uncancel()
         if remaining > 0:  # someone else cancelled us too: that cancellation wins
             raise
+        metrics.storage_failed()
         raise StorageError(
             f"The {what} did not complete within {seconds:g} s (database unreachable or stalled); "
             "nothing was applied and it can be retried."

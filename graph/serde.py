@@ -14,6 +14,7 @@ from typing import Any
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from redraft.errors import UnsafePayloadError
+from redraft.observability.metrics import CHECKPOINT_BYTES
 
 # LangGraph's own plain types that appear in pending writes (human-in-the-loop interrupts, fan-out sends).
 ALLOWED_TYPES = [("langgraph.types", "Interrupt"), ("langgraph.types", "Send")]
@@ -45,8 +46,12 @@ class SafeSerializer(JsonPlusSerializer):
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         if obj is not None and not isinstance(obj, (bytes, bytearray)) and _is_json_native(obj):
-            return "json", json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        return super().dumps_typed(obj)
+            data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            CHECKPOINT_BYTES.inc(len(data))  # only checkpoint writes serialise: redraft_checkpoint_bytes_written
+            return "json", data
+        typed = super().dumps_typed(obj)
+        CHECKPOINT_BYTES.inc(len(typed[1]))
+        return typed
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         type_ = data[0]

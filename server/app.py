@@ -23,7 +23,7 @@ from redraft.graph.runner import Runner, thread_id_for
 from redraft.graph.runs import RunStore
 from redraft.nodes.model import ModelProvider
 from redraft.server.auth import build_auth
-from redraft.server.middleware import LearningMiddleware, SessionActivityMiddleware
+from redraft.server.middleware import LearningMiddleware, ObservabilityMiddleware, SessionActivityMiddleware
 from redraft.server.sessions import SessionStore, principal_key
 from redraft.server.stats import StatsStore
 from redraft.server.tasks import tasks_extension
@@ -98,10 +98,11 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
         # FastMCP's default rewrites every tool schema's $refs on every tools/list -- and the 2026-07-28 transport
         # lists tools on every call. Our schemas are valid JSON Schema with local $defs, which clients resolve.
         dereference_schemas=False,
-        middleware=[SessionActivityMiddleware(state), LearningMiddleware(state)],
+        middleware=[ObservabilityMiddleware(), SessionActivityMiddleware(state), LearningMiddleware(state)],
     )
     # MCP background tasks: refine, resume and replay run as tasks for clients that ask (server/tasks.py)
     mcp.add_extension(tasks_extension(settings))
+    from redraft.server.ops import register_ops
     from redraft.server.resources import register_resources
     from redraft.server.runs import register_runs
     from redraft.server.timetravel import register_timetravel
@@ -111,6 +112,7 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
     register_resources(mcp, state)
     register_timetravel(mcp, state)
     register_runs(mcp, state)
+    register_ops(mcp, state)  # /healthz, /readyz, /metrics over HTTP (server/ops.py)
     return mcp
 
 

@@ -187,6 +187,8 @@ async def serve_http(mcp, settings: Settings, host: str, port: int) -> None:
 
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # every log line on stderr, as the rest
+    if settings.log_format == "json":
+        log_config = None  # uvicorn's lines go to the root logger's JSON handler (redraft/observability/logs.py)
     config = uvicorn.Config(
         build_http_app(mcp, settings, host),
         host=host,

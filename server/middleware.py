@@ -11,8 +11,10 @@ an unexpected one keeps its traceback. The errors raised here carry ``log_level=
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -23,6 +25,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import ValidationError as PydanticValidationError
 
 from redraft.errors import RedraftError, StorageError
+from redraft.observability import logs, metrics
 from redraft.server.sessions import principal_key
 
 log = logging.getLogger("redraft.server")
@@ -36,6 +39,8 @@ NOT_FOUND_CODES = {"not_found", "invalid_session", "unknown_companion", "checkpo
 SERVER_SIDE_CODES = {"storage_error", "model_error", "context_overflow", "lease_lost", "unsafe_payload"}
 STORAGE_MODULES = {"psycopg", "psycopg_pool", "sqlite3", "aiosqlite"}
 INTERNAL = "internal_error: the server failed unexpectedly; nothing was changed."
+STORAGE = {"code": "storage_error"}
+_CODE = re.compile(r"^([a-z][a-z_]{1,39}): ")
 
 
 def error_text(exc: RedraftError) -> str:
@@ -78,17 +83,19 @@ def guard(kind: type[FastMCPError] = ToolError) -> Callable[[Callable[P, Awaitab
                 return await fn(*args, **kwargs)
             except RedraftError as exc:
                 text = error_text(exc)
-                log.log(logging.WARNING if exc.code in SERVER_SIDE_CODES else logging.INFO, "%s: %s", fn.__name__, text)
+                level = logging.WARNING if exc.code in SERVER_SIDE_CODES else logging.INFO
+                log.log(level, "%s: %s", fn.__name__, text, extra={"code": exc.code})
                 raise _refusal(kind, exc.code, text) from None
             except FastMCPError:
                 raise
             except Exception as exc:
                 if _storage_failure(exc):
                     # A safety net: the database layer should have raised StorageError itself.
-                    log.warning("untranslated database error in %s", fn.__name__, exc_info=True)
+                    metrics.storage_failed()
+                    log.warning("untranslated database error in %s", fn.__name__, exc_info=True, extra=STORAGE)
                     text = error_text(StorageError(f"The database failed ({type(exc).__name__}); nothing was changed."))
                     raise _refusal(kind, StorageError.code, text) from None
-                log.exception("unexpected error in %s", fn.__name__)
+                log.exception("unexpected error in %s", fn.__name__, extra={"code": "internal_error"})
                 raise _refusal(kind, None, INTERNAL) from None
 
         return wrapper
@@ -147,7 +154,7 @@ class ArgumentErrors(Middleware):
                 text = describe_invalid(cause)
             else:
                 text = "invalid_input: the arguments do not match the tool's input schema"
-            log.info("%s: %s", context.message.name, text)
+            log.info("%s: %s", context.message.name, text, extra={"code": "invalid_input"})
             raise ToolError(text, log_level=logging.NOTSET) from None
 
 
@@ -200,3 +207,60 @@ class LearningMiddleware(Middleware):
         except Exception:
             log.warning("could not record stats for %s", name, exc_info=True)
         return result
+
+
+def outcome_code(exc: BaseException) -> str:
+    """The error code a failed call answered with (``"<code>: ..."``, as ``guard`` words it), else ``error``."""
+    if isinstance(exc, RedraftError):
+        return exc.code
+    match = _CODE.match(str(exc))
+    return match.group(1) if match and match.group(1) in _known_codes() else "error"
+
+
+@functools.cache
+def _known_codes() -> frozenset[str]:
+    """Every error code a tool can answer with: a bounded label set (a message's first word never becomes one)."""
+    codes, todo = {"invalid_input", "internal_error"}, [RedraftError]
+    while todo:
+        kind = todo.pop()
+        codes.add(kind.code)
+        todo.extend(kind.__subclasses__())
+    return frozenset(codes)
+
+
+class ObservabilityMiddleware(Middleware):
+    """Outermost: each tool call is counted by tool and outcome code with its latency (``redraft_tool_calls_total``,
+    ``redraft_tool_call_duration_seconds``), logged once with its duration, and everything logged while it runs
+    carries its tool and session (JSON logs). FastMCP opens the call's trace span itself."""
+
+    async def on_call_tool(self, context: MiddlewareContext, call_next):
+        name = context.message.name
+        session = (context.message.arguments or {}).get("session_id")
+        session = session if isinstance(session, str) and len(session) <= 64 else None
+        started = time.perf_counter()
+        code = "ok"
+        try:
+            with logs.bind(tool=name, session=session):
+                result = await call_next(context)
+            if getattr(result, "is_error", False):
+                code = "error"
+            return result
+        except BaseException as exc:
+            code = "cancelled" if isinstance(exc, asyncio.CancelledError) else outcome_code(exc)
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.tool_called(name, code, elapsed)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "tool %s answered %s in %.3f s",
+                    metrics.tool_label(name),
+                    code,
+                    elapsed,
+                    extra={
+                        "code": None if code == "ok" else code,
+                        "duration": round(elapsed, 6),
+                        "tool": name,
+                        "session": session,
+                    },
+                )

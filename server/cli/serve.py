@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Annotated
 
 import typer
@@ -19,14 +17,16 @@ def serve(
     database_url: DbOption = None,
 ) -> None:
     """Run the MCP server (stdio by default; --transport http for streamable HTTP at /mcp)."""
+    from redraft import __version__
+    from redraft.observability.logs import configure_logging
+    from redraft.observability.traces import setup_tracing
     from redraft.server import redaction
     from redraft.server.app import create_server
 
     settings = execute_sync(lambda: settings_from(database_url))
-    logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)  # on stderr: over stdio, stdout speaks MCP
     redaction.install(settings)
+    setup_tracing(__version__)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     mcp = create_server(settings)
     if transport == "stdio":
         execute(lambda: mcp.run_stdio_async(show_banner=False))

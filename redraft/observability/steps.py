@@ -1,0 +1,73 @@
+"""The wrapper every graph node runs in (graph/builder.py): per step, a count and a latency by node and outcome, a
+span (``step <node>``) when tracing is on, ``node`` in the log context, and a DEBUG log line with the duration.
+
+A step's outcome is ``ok``, ``interrupted`` (a human gate paused it: LangGraph's ``GraphInterrupt``), ``cancelled``,
+or the error code it failed with (``model_error``, ``storage_error``, ``lease_lost``, ... or ``error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redraft.observability import logs, metrics, traces
+
+log = logging.getLogger("redraft.steps")
+
+Node = Callable[[Any, Any], Awaitable[dict]]
+
+
+def outcome_of(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    name = type(exc).__name__
+    if name in ("GraphInterrupt", "NodeInterrupt", "ParentCommand"):
+        return "interrupted"
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 40 else "error"
+
+
+def observed_node(name: str, node: Node) -> Node:
+    """``node`` measured as one graph step named ``name``."""
+    count_ok = metrics.STEPS.labels(name, "ok")
+    latency = metrics.STEP_LATENCY.labels(name)
+    in_progress = metrics.STEPS_IN_PROGRESS.labels(name)
+
+    async def step(state: Any, runtime: Any) -> dict:
+        started = time.perf_counter()
+        span = token = None
+        if traces.ENABLED:
+            span, token = traces.start_span(f"step {name}", {"redraft.node": name})
+        in_progress.inc()
+        try:
+            with logs.bind(node=name):
+                result = await node(state, runtime)
+        except BaseException as exc:
+            in_progress.dec()
+            outcome = outcome_of(exc)
+            elapsed = time.perf_counter() - started
+            metrics.STEPS.labels(name, outcome).inc()
+            latency.observe(elapsed)
+            if span is not None:
+                failed = outcome not in ("interrupted",)
+                span.set_attribute("redraft.step.outcome", outcome)
+                traces.end_span(span, token, exc if failed else None, outcome if failed else None)
+            code = None if outcome in ("interrupted", "cancelled") else outcome
+            log.debug("step %s %s", name, outcome, extra={"node": name, "code": code, "duration": round(elapsed, 6)})
+            raise
+        in_progress.dec()
+        elapsed = time.perf_counter() - started
+        count_ok.inc()
+        latency.observe(elapsed)
+        if span is not None:
+            span.set_attribute("redraft.step.outcome", "ok")
+            traces.end_span(span, token)
+        log.debug("step %s ok", name, extra={"node": name, "duration": round(elapsed, 6)})
+        return result
+
+    step.__name__ = step.__qualname__ = getattr(node, "__name__", name)
+    step.__doc__ = node.__doc__
+    return step
