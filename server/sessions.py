@@ -16,17 +16,15 @@ import math
 import time
 import uuid
 
-from fastmcp.server.dependencies import get_http_request
-from fastmcp.server.sessions import current_principal
-
 from redraft.errors import InvalidInputError, SessionBusyError, SessionLimitError, SessionNotFoundError
-from redraft.graph.companions import COMPANION_MAP
 from redraft.graph.database import Database
-from redraft.graph.runner import thread_id_for
+from redraft.graph.retention import remove_session
 
 
 def principal_key() -> str:
     """A fixed-length key for the current request's principal ('anon' without auth)."""
+    from fastmcp.server.sessions import current_principal  # here, not on top: `redraft run` never loads FastMCP
+
     principal = current_principal()
     return "anon" if principal is None else hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -53,6 +51,9 @@ def may_list_all() -> bool:
     local caller (stdio, the CLI, an in-process client: one user). An unauthenticated HTTP caller may not: every
     such caller is the same ``anon`` principal, so the listing would hand it every other client's ids; it sees
     only the sessions it names."""
+    from fastmcp.server.dependencies import get_http_request
+    from fastmcp.server.sessions import current_principal
+
     if current_principal() is not None:
         return True
     try:
@@ -132,10 +133,9 @@ class SessionStore:
         )
         if row is None:
             raise SessionNotFoundError()
-        await self.db.retire(_threads_of(session_id))
-        # threads first, the row last: if this is cut short, end_session can simply be called again
-        deleted = await self._delete_threads(session_id)
-        await self.db.execute("DELETE FROM redraft_sessions WHERE session_id = ?", (session_id,))
+        deleted = await remove_session(self.db, self.saver, session_id)
+        if deleted is None:
+            raise SessionBusyError("A step is running in this session; retry when it has finished.")
         return {"session_id": session_id, "ended": True, "threads_deleted": deleted}
 
     async def list(self, principal: str, limit: int = 100, session_ids: list[str] | None = None) -> list[dict]:
@@ -174,33 +174,8 @@ class SessionStore:
         expired = await self.db.fetchall("SELECT session_id FROM redraft_sessions WHERE last_accessed < ?", (cutoff,))
         swept = 0
         for row in expired:
-            threads = _threads_of(row["session_id"])
-            try:
-                await self.db.retire(threads)
-            except SessionBusyError:  # a step running means busy, not idle
-                continue
-            # the row goes only if still idle: a call racing the sweep either renews it or finds it gone
-            gone = await self.db.execute(
-                "DELETE FROM redraft_sessions WHERE session_id = ? AND last_accessed < ?", (row["session_id"], cutoff)
-            )
-            if gone == 1:
-                await self._delete_threads(row["session_id"])
+            # skipped while a step runs on one of its threads (busy, not idle), or if a call renewed it meanwhile
+            if await remove_session(self.db, self.saver, row["session_id"], idle_before=cutoff) is not None:
                 swept += 1
-            else:
-                await self.db.unretire(threads)
         await self.db.forget_tombstones()
         return swept
-
-    async def _delete_threads(self, session_id: str) -> int:
-        # the session's background runs (graph/runs.py) go with its threads
-        await self.db.execute("DELETE FROM redraft_runs WHERE session_id = ?", (session_id,))
-        deleted = 0
-        for thread_id in _threads_of(session_id):
-            if await self.saver.aget_tuple({"configurable": {"thread_id": thread_id}}) is not None:
-                await self.saver.adelete_thread(thread_id)
-                deleted += 1
-        return deleted
-
-
-def _threads_of(session_id: str) -> list[str]:
-    return [thread_id_for(session_id, companion) for companion in COMPANION_MAP]

@@ -1,7 +1,8 @@
 """The ``redraft`` command line: serve, run, sessions, history, show, diff, fork, resume, companions, config.
 
-Human output by default, ``--json`` for scripts. Exit codes: 0 ok, 2 bad input (wrong phase, unknown id, invalid
-argument), 3 environment (database or model unreachable, bad settings), 130 interrupted. Never a traceback.
+Human output by default, ``--json`` for scripts (errors too: one JSON object on stderr). Exit codes: 0 ok, 1 run
+failed, 2 usage (bad arguments, unknown id, wrong phase, invalid settings), 3 storage unavailable, 130 interrupted.
+Never a traceback for an expected failure.
 
 Each command group lives in its own module, which registers its commands on ``app`` (``redraft.server.cli.app``);
 adding a command group is one import line below.
@@ -9,24 +10,31 @@ adding a command group is one import line below.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from redraft.server.cli.app import app
+from redraft.server.cli.app import EXIT_INTERRUPTED, app
 
 # Command modules: importing one registers its commands (order = order in `redraft --help`).
 from redraft.server.cli import serve  # noqa: F401  isort: skip
 from redraft.server.cli import run  # noqa: F401  isort: skip
 from redraft.server.cli import threads  # noqa: F401  isort: skip
 from redraft.server.cli import config  # noqa: F401  isort: skip
+from redraft.server.cli import prune  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    end = args.index("--") if "--" in args else len(args)
+    if "--no-color" in args[:end]:  # honoured anywhere on the line (and before --help prints anything)
+        os.environ["NO_COLOR"] = "1"
+        args = [a for a in args[:end] if a != "--no-color"] + args[end:]
     try:
-        app()
+        app(args=args, prog_name="redraft")
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

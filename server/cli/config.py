@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 
-from rich.table import Table
-
-from redraft.graph.companions import COMPANION_MAP, get_companion
 from redraft.server.cli.app import JsonOption, app, emit, execute_sync, out
-from redraft.settings import load_settings
 
 
 @app.command()
 def companions(as_json: JsonOption = False) -> None:
     """Companion types and their defaults."""
+    from redraft.graph.companions import COMPANION_MAP, get_companion
+    from redraft.settings import load_settings
+
     settings = execute_sync(load_settings)
     data = [get_companion(name, settings.companions).public() for name in COMPANION_MAP]
 
     def human(rows: list[dict]) -> None:
+        from rich.table import Table
+
         table = Table("name", "description", "threshold", "max loops", "temperature", "history", "mode")
         for c in rows:
             temp = "default" if c["temperature"] is None else str(c["temperature"])
@@ -38,9 +39,13 @@ def companions(as_json: JsonOption = False) -> None:
 @app.command()
 def config(as_json: JsonOption = False) -> None:
     """The effective settings (environment, .env and defaults), secrets masked."""
+    from redraft.settings import load_settings
+
     data = execute_sync(load_settings).masked()
 
     def human(d: dict) -> None:
+        from rich.table import Table
+
         table = Table("setting", "value")
         for key, value in d.items():
             table.add_row(f"REDRAFT_{key.upper()}", json.dumps(value) if not isinstance(value, str) else value)

@@ -1,25 +1,64 @@
-"""``redraft run``: refine a query to convergence, streaming each step."""
+"""``redraft run``: refine a query to convergence, streaming each step.
+
+A run that fails or is interrupted (Ctrl-C, SIGINT) says once, on stderr, which session it was in and the exact
+command that continues it: every finished step is checkpointed, so ``redraft resume`` picks up at the step that did
+not finish. SIGINT cancels the step in flight (even mid model call); the process exits 130 once the thread's lease
+is released and the database closed, well within a second.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import shlex
+from typing import Annotated, Any
 
 import typer
 
-from redraft.graph.runner import thread_id_for
 from redraft.server.cli.app import (
     CLI_PRINCIPAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
     CompanionOption,
     DbOption,
     JsonOption,
     app,
+    cli_overrides,
     emit,
     engine,
-    execute,
+    exit_code_for,
+    masked,
     out,
+    report_error,
     show_thread,
     touch_session,
 )
+
+
+def resume_command(session_id: str, companion: str) -> str:
+    """The command that continues this session's thread (secrets in a --database-url given here masked)."""
+    words = ["redraft", "resume", session_id]
+    if companion != "generic":
+        words += ["--companion", companion]
+    if "database_url" in cli_overrides:
+        words += ["--database-url", masked(cli_overrides["database_url"])]
+    return shlex.join(words)
+
+
+def stopped(code: str, message: str, exit_code: int, session_id: str | None, companion: str) -> typer.Exit:
+    """Report a run that did not finish: the error and, if its thread holds anything, how to continue it."""
+    from redraft.errors import ContextOverflowError
+
+    details: dict[str, Any] = {}
+    lines: tuple[str, ...] = ()
+    if session_id is not None and exit_code != EXIT_USAGE:
+        details["session_id"] = session_id
+        if code == ContextOverflowError.code:  # resuming would repeat the refusal: the message says what to do
+            lines = (f"session {session_id}",)
+        else:
+            command = resume_command(session_id, companion)
+            details["resume_command"] = command
+            lines = (f"session {session_id} is saved; continue it with: {command}",)
+    report_error(code, message, details, lines)
+    return typer.Exit(exit_code)
 
 
 @app.command()
@@ -32,24 +71,37 @@ def run(
     as_json: JsonOption = False,
     database_url: DbOption = None,
 ) -> None:
-    """Refine QUERY to convergence, showing each step and streaming tokens live."""
+    """Refine QUERY to convergence, showing each step and streaming tokens live.
+
+    If it fails or is interrupted, it prints the session id and the `redraft resume` command that continues it."""
+    import asyncio
+
+    from redraft.errors import RedraftError
+
+    known: dict[str, str] = {}  # the session id, once there is one
+    streaming: list[str] = [""]  # the node whose tokens are being printed
 
     async def main() -> dict:
+        from redraft.graph.companions import get_companion
+        from redraft.graph.runner import thread_id_for
+
         async with engine(database_url) as (runner, sessions):
+            get_companion(companion)  # an unknown companion fails before a session is made
             if session:
                 sid = await touch_session(sessions, session)
             else:
                 sid = (await sessions.create(CLI_PRINCIPAL))["session_id"]
-            current: list[str] = [""]
+            known["session_id"] = sid
 
             async def on_token(node: str, text: str) -> None:
-                if node != current[0]:
-                    current[0] = node
+                if node != streaming[0]:
+                    streaming[0] = node
                     out.print(f"\n[bold magenta]── {node} ──[/]")
-                out.print(text, end="", highlight=False, markup=False)
+                out.print(text, end="", markup=False)
 
             async def on_step(event: dict) -> None:
                 if not as_json:
+                    streaming[0] = ""
                     out.print(f"\n[dim]✓ {event['node']} checkpointed[/]")
 
             result = await runner.refine(
@@ -63,11 +115,25 @@ def run(
             )
             return {"session_id": sid, "companion": companion, **result}
 
-    data = execute(main)
+    def end_line() -> None:
+        if streaming[0]:  # the error goes on its own line, not after a half-streamed reply
+            out.print()
+
+    try:
+        data = asyncio.run(main())
+    except RedraftError as exc:
+        end_line()
+        raise stopped(exc.code, masked(exc.message), exit_code_for(exc), known.get("session_id"), companion) from None
+    except KeyboardInterrupt:
+        end_line()
+        message = "interrupted; the step in progress was abandoned, finished steps are saved"
+        raise stopped("interrupted", message, EXIT_INTERRUPTED, known.get("session_id"), companion) from None
 
     def human(d: dict) -> None:
         out.print()
         show_thread(d)
         out.print(f"session [bold]{d['session_id']}[/]")
+        if d.get("pending_gate"):
+            out.print(f"continue it with: {resume_command(d['session_id'], companion)} --decision '{{...}}'")
 
     emit(data, as_json, human)

@@ -29,7 +29,9 @@ def serve(
     setup_tracing(__version__)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     mcp = create_server(settings)
     if transport == "stdio":
-        execute(lambda: mcp.run_stdio_async(show_banner=False))
+        from redraft.server.drain import serve_stdio  # SIGTERM/SIGINT drain it first (server/drain.py)
+
+        execute(lambda: serve_stdio(mcp, settings))
     elif transport == "http":
         from redraft.server.http import serve_http
 

@@ -6,11 +6,7 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from redraft.errors import InvalidInputError
-from redraft.graph import timetravel as tt
-from redraft.graph.runner import thread_id_for
 from redraft.server.cli.app import (
     CLI_PRINCIPAL,
     CompanionOption,
@@ -41,6 +37,8 @@ def sessions(
             return await store.list(CLI_PRINCIPAL, limit)
 
     def human(rows: list[dict]) -> None:
+        from rich.table import Table
+
         table = Table("last used", "expires")
         table.add_column("session", no_wrap=True, min_width=36)
         for r in rows:
@@ -62,11 +60,16 @@ def history(
     """A thread's checkpoints, newest first."""
 
     async def main() -> dict:
+        from redraft.graph import timetravel as tt
+        from redraft.graph.runner import thread_id_for
+
         async with engine(database_url) as (runner, store):
             sid = await touch_session(store, session)
             return await tt.history(runner, thread_id_for(sid, companion), limit, before)
 
     def human(page: dict) -> None:
+        from rich.table import Table
+
         table = Table("step", "node", "phase", "c/r", "similarity", "branch")
         table.add_column("checkpoint", no_wrap=True, min_width=36)
         for e in page["checkpoints"]:
@@ -92,6 +95,8 @@ def show(
     """A thread now, or as it was at a checkpoint."""
 
     async def main() -> dict:
+        from redraft.graph import timetravel as tt
+
         async with engine(database_url) as (runner, store):
             thread = await thread_of(store, session, companion)
             return await (tt.state_at(runner, thread, at) if at else runner.status(thread))
@@ -112,6 +117,8 @@ def diff(
     """Word diff of two versions of the current query."""
 
     async def main() -> dict:
+        from redraft.graph import timetravel as tt
+
         async with engine(database_url) as (runner, store):
             thread = await thread_of(store, session, companion)
             return await tt.diff(runner, thread, from_version, to_version, at)
@@ -138,6 +145,8 @@ def fork(
     """Branch from a past checkpoint with an edited critique or revision; continue it with `resume`."""
 
     async def main() -> dict:
+        from redraft.graph import timetravel as tt
+
         async with engine(database_url) as (runner, store):
             thread = await thread_of(store, session, companion)
             return await tt.fork(runner, thread, checkpoint, critique, revision)
@@ -158,6 +167,8 @@ def resume(
     """Continue a thread stopped by a crash, an error, a fork or a step-mode gate."""
 
     async def main() -> dict:
+        from redraft.errors import InvalidInputError
+
         try:
             payload = json.loads(decision) if decision else None
         except json.JSONDecodeError as exc:
