@@ -1,7 +1,7 @@
 """Readiness checks for ``/readyz``: the database answers, its schema is migrated, Redis answers (when
 ``REDRAFT_REDIS_URL`` is set), and the process is not draining. Each check is timed and bounded by
 ``REDRAFT_HEALTH_TIMEOUT_SECONDS``; the checks run concurrently, so a probe answers within that bound even when
-everything is down.
+everything is down. Probes share one round of checks per second (``Readiness.FRESH_FOR``).
 
 PostgreSQL is checked over a connection of the probe's own, never the pool's: under load every pooled connection
 may be busy, and a probe must neither wait for one nor take one from a request. The connection is opened on first
@@ -166,16 +166,21 @@ class RedisProbe:
 
 
 class Readiness:
-    """All of ``/readyz``'s checks. ``draining`` says whether the process is shutting down (no new work)."""
+    """All of ``/readyz``'s checks. ``draining`` says whether the process is shutting down (no new work); it is read
+    on every probe. The I/O checks are shared: probes that arrive while a round of checks is in flight, or within
+    ``FRESH_FOR`` seconds of the last one, get its results (``age_ms`` says how old), so a storm of probes costs one
+    round trip per ``FRESH_FOR`` and never queues on the database."""
+
+    FRESH_FOR = 1.0
 
     def __init__(self, database: Any, redis: RedisProbe | None, draining: Callable[[], bool]) -> None:
         self.database = database
         self.redis = redis
         self.draining = draining
+        self._last: tuple[float, dict[str, Check]] | None = None
+        self._inflight: asyncio.Future | None = None
 
-    async def check(self) -> tuple[bool, dict[str, Any]]:
-        started = time.perf_counter()
-        draining = Check().done(not self.draining())
+    async def _io_checks(self) -> dict[str, Check]:
         jobs: list[Awaitable[Any]] = [self.database.check()]
         if self.redis is not None:
             jobs.append(self.redis.check())
@@ -184,16 +189,36 @@ class Readiness:
         checks = {"database": database, "migrations": migrations}
         if self.redis is not None:
             checks["redis"] = results[1]
-        checks["not_draining"] = draining
+        self._last = (time.monotonic(), checks)
+        return checks
+
+    async def _shared_checks(self) -> tuple[float, dict[str, Check]]:
+        if self._last is not None and time.monotonic() - self._last[0] < self.FRESH_FOR:
+            return self._last
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._io_checks())
+        await asyncio.shield(self._inflight)  # a probe that gives up does not cancel the others' round
+        return self._last
+
+    async def check(self) -> tuple[bool, dict[str, Any]]:
+        started = time.perf_counter()
+        draining = Check().done(not self.draining())
+        checked_at, io_checks = await self._shared_checks()
+        checks = {**io_checks, "not_draining": draining}
         ready = all(check.ok for check in checks.values())
         body = {
             "status": "ready" if ready else "not_ready",
             "checks": {name: check.as_dict() for name, check in checks.items()},
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "age_ms": round((time.monotonic() - checked_at) * 1000, 3),
         }
         return ready, body
 
     async def close(self) -> None:
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
+            with contextlib.suppress(BaseException):
+                await self._inflight
         await self.database.close()
         if self.redis is not None:
             await self.redis.close()
