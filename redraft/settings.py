@@ -86,8 +86,14 @@ class Settings(BaseSettings):
     transport_session_idle_seconds: float = Field(default=600.0, gt=0, le=86_400)
     max_transport_sessions: int = Field(default=1000, ge=1, le=1_000_000)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # Retention: sessions idle, threads untouched and learning stats recorded longer ago than this are deleted by
+    # the server's sweep (at most hourly) and by `redraft prune`. 0 keeps everything (prune then needs --older-than).
+    retention_days: float = Field(default=30.0, ge=0, le=36_500)
     # A step holds a lease on its thread; if the process dies the lease lapses after this many seconds.
     lease_ttl_seconds: float = Field(default=10.0, gt=0)
+    # On SIGTERM/SIGINT the server drains: it takes no new work, lets the steps in flight finish for up to this many
+    # seconds, hands its runs and leases back for another replica, then exits 0 (server/drain.py).
+    drain_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     # Background runs (start_refine, MCP tasks): unset = an in-process queue and progress bus (one process);
     # redis://host:port/db = the run queue and progress bus shared by every replica (PostgreSQL stays the truth).
