@@ -24,6 +24,10 @@ from redraft.graph.fencing import FENCE, Fence, lease_lost
 
 log = logging.getLogger("redraft.leases")
 
+# Every lease this process holds right now: id -> (database, lease, the task holding it). A draining server
+# (server/drain.py) waits for this to empty, then cancels and releases whatever is left.
+HELD: dict[int, tuple[Database, Lease, asyncio.Task]] = {}
+
 
 def margin(ttl: float) -> float:
     """How long before expiry a holder that cannot renew gives up: enough for its own cancellation to land."""
@@ -77,6 +81,7 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
 
     fence = FENCE.set(Fence(thread_id, lease.token)) if db.kind != "memory" else None
     beat = asyncio.create_task(heartbeat()) if db.kind != "memory" else None
+    HELD[id(lease)] = (db, lease, task)
     try:
         yield lease
     except asyncio.CancelledError:
@@ -88,6 +93,7 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
         raise
     finally:
         running = False
+        HELD.pop(id(lease), None)
         if fence is not None:
             FENCE.reset(fence)
         if beat is not None:  # (a renewal it left behind ends by its own statement timeout)

@@ -26,7 +26,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 
-from redraft.errors import ConfigError, ContextOverflowError, ModelError
+from redraft.errors import ConfigError, ContextOverflowError, DrainingError, ModelError
 from redraft.observability.modelcalls import ModelCall
 from redraft.settings import Settings
 
@@ -89,6 +89,9 @@ class ModelProvider:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._clients: OrderedDict[tuple, BaseChatModel] = OrderedDict()
+        # Set while the server drains (server/drain.py): a step not yet started makes no model call and fails with
+        # DrainingError, committing nothing, so every run stops at its next step boundary.
+        self.draining = False
 
     def client(self, model: str) -> BaseChatModel:
         s = self.settings
@@ -136,6 +139,11 @@ class ModelProvider:
     ) -> Reply:
         """One completion under the truncation policy. ``overflow_hint``: what the caller can do if the prompt does
         not fit the model's context window (resuming would only repeat the refusal)."""
+        if self.draining:
+            raise DrainingError(
+                f"The server is shutting down, so the {purpose} step was not started; the thread is at its last "
+                "checkpoint. Retry (refine without a query, or resume, continues it)."
+            )
         hint = _with_max_tokens_hint(overflow_hint, sampling.get("max_tokens"))
         text, finish = await ask(self.get(sampling), messages, purpose, hint)
         if finish == "length":

@@ -6,6 +6,8 @@ who caused it. None of them ever contains a secret (API key, token, database pas
 
 from __future__ import annotations
 
+import functools
+
 
 class RedraftError(Exception):
     """Base class. ``retryable`` tells a client whether the same call may succeed later."""
@@ -76,6 +78,14 @@ class LeaseLostError(RedraftError):
         self.checkpoint_id = checkpoint_id
 
 
+class DrainingError(RedraftError):
+    """This server is shutting down (SIGTERM/SIGINT): it takes no new call, and a run in progress stopped at its step
+    boundary. Everything committed is kept; retry (another replica takes it, or this one after its restart)."""
+
+    code = "draining"
+    retryable = True
+
+
 class SessionBusyError(RedraftError):
     """The session has a step running, so it cannot be ended now. Retry when the step has finished."""
 
@@ -127,3 +137,17 @@ class UnsafePayloadError(RedraftError):
     """A stored checkpoint asked to be unpickled or to construct a type outside the allow-list."""
 
     code = "unsafe_payload"
+
+
+@functools.cache
+def _shown_type(cls: type[RedraftError]) -> type[RedraftError]:
+    return type(cls.__name__, (cls, ValueError), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+def shown_by_agent_server(exc: RedraftError) -> RedraftError:
+    """``exc`` as LangGraph Agent Server shows it to a Studio user: the server shows a ``ValueError``'s message and
+    replaces every other error's with "An internal error occurred", so the public graph (graph/public.py) re-raises
+    redraft's errors as this: the same class name, code, message and attributes, also a ``ValueError``."""
+    shown = _shown_type(type(exc)).__new__(_shown_type(type(exc)), *exc.args)
+    shown.__dict__.update(exc.__dict__)
+    return shown

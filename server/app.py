@@ -23,6 +23,7 @@ from redraft.graph.runner import Runner, thread_id_for
 from redraft.graph.runs import RunStore
 from redraft.nodes.model import ModelProvider
 from redraft.server.auth import build_auth
+from redraft.server.drain import DrainMiddleware
 from redraft.server.middleware import LearningMiddleware, ObservabilityMiddleware, SessionActivityMiddleware
 from redraft.server.sessions import SessionStore, principal_key
 from redraft.server.stats import StatsStore
@@ -98,7 +99,12 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
         # FastMCP's default rewrites every tool schema's $refs on every tools/list -- and the 2026-07-28 transport
         # lists tools on every call. Our schemas are valid JSON Schema with local $defs, which clients resolve.
         dereference_schemas=False,
-        middleware=[ObservabilityMiddleware(), SessionActivityMiddleware(state), LearningMiddleware(state)],
+        middleware=[
+            DrainMiddleware(state),  # while draining, new calls get the retryable `draining` error (server/drain.py)
+            ObservabilityMiddleware(),
+            SessionActivityMiddleware(state),
+            LearningMiddleware(state),
+        ],
     )
     # MCP background tasks: refine, resume and replay run as tasks for clients that ask (server/tasks.py)
     mcp.add_extension(tasks_extension(settings))
@@ -126,11 +132,18 @@ async def _serve_input_schemas(mcp: FastMCP) -> None:
 
 
 async def _sweep_forever(state: AppState) -> None:
+    from redraft.graph.retention import Pruner, freed_summary
+
+    # retention (REDRAFT_RETENTION_DAYS): the same pruning as `redraft prune`, at most hourly
+    pruner = Pruner(state.sessions.db, state.sessions.saver, state.settings.retention_days)
     while True:
         await asyncio.sleep(state.settings.sweep_interval_seconds)
         try:
             expired = await state.sessions.sweep()
             if expired:
                 log.info("expired %d idle sessions", expired)
+            freed = await pruner.maybe()
+            if freed and (freed["threads"] or freed["runs"] or freed["stats"] or freed["sessions"]):
+                log.info("retention: %s", freed_summary(freed))
         except Exception:
             log.warning("session sweep failed; will retry", exc_info=True)

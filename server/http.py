@@ -180,10 +180,12 @@ def _is_loopback(host: str) -> bool:
 
 
 async def serve_http(mcp, settings: Settings, host: str, port: int) -> None:
-    """``FastMCP.run_http_async``, with the app built (and wrapped) here."""
+    """``FastMCP.run_http_async``, with the app built (and wrapped) here; SIGTERM/SIGINT drain it first."""
     import uvicorn
     from fastmcp.utilities.logging import temporary_log_level
     from uvicorn.config import LOGGING_CONFIG
+
+    from redraft.server.drain import Drain, DrainingServer
 
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # every log line on stderr, as the rest
@@ -196,8 +198,8 @@ async def serve_http(mcp, settings: Settings, host: str, port: int) -> None:
         log_level=settings.log_level.lower(),
         log_config=log_config,
         lifespan="on",
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=2,  # after the drain (server/drain.py): only reads like wait_run's are left to cut
         ws="websockets-sansio",
     )
     with temporary_log_level(settings.log_level):
-        await uvicorn.Server(config).serve()
+        await DrainingServer(config, Drain(mcp, settings)).serve()

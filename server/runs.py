@@ -24,12 +24,13 @@ from fastmcp.exceptions import ResourceError
 from fastmcp.server.providers.base import Provider
 from pydantic import Field
 
-from redraft.errors import ConflictError, NotFoundError, PhaseError
+from redraft.errors import ConflictError, DrainingError, NotFoundError, PhaseError
 from redraft.graph.bus import Bus, open_bus
 from redraft.graph.runexec import execute_run, run_view
 from redraft.graph.runner import _may_start
 from redraft.graph.runs import ACTIVE, CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore
 from redraft.graph.state import phase_of
+from redraft.server.drain import handed_back, requeue_now
 from redraft.server.middleware import guard
 from redraft.server.sessions import principal_key
 from redraft.server.tasks import cancel_task_run, forward_progress
@@ -101,7 +102,12 @@ class RunService:
         def cancelled_by_request() -> bool:
             return me in getattr(worker, "_cancelled_by_docket", ())
 
-        await execute_run(self.app.runner, self.store, self.bus, run_id, cancelled_by_request=cancelled_by_request)
+        try:
+            await execute_run(self.app.runner, self.store, self.bus, run_id, cancelled_by_request=cancelled_by_request)
+        except (DrainingError, asyncio.CancelledError) as exc:
+            if not handed_back(exc):
+                raise
+            raise requeue_now() from None  # this replica drains: another worker continues the run at once
 
     async def enqueue(self, run_id: str) -> None:
         """Queue ``run_id`` for whichever worker is free (a no-op if it is already queued or running)."""
