@@ -1,0 +1,98 @@
+"""``REDRAFT_LOG_FORMAT=json``: every line a real ``redraft serve`` writes (its own, FastMCP's, uvicorn's) is one JSON
+object with time, level, event, code, session, run, node and duration; tool calls, steps and model calls carry their
+context; no configured secret ever appears. Lines go to stderr (over stdio, stdout speaks only MCP)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fastmcp.exceptions import ToolError
+
+from tests.clients import PlainClient as Client
+from tests.servers import HttpServer, server_env
+
+API_KEY = "sk-json-logs-secret-2b7f0c9e"
+TOKEN = "json-logs-bearer-71aa3d"
+KEYS = {"time", "level", "logger", "event", "code", "session", "run", "node", "duration"}
+
+
+def parse(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        record = json.loads(line)  # every line, or this fails
+        assert isinstance(record, dict) and KEYS <= set(record), line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"]), line
+        records.append(record)
+    return records
+
+
+async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
+    log_path = tmp_path / "server.log"
+    env = server_env(
+        str(tmp_path / "logs.sqlite"),
+        stub.base_url,
+        REDRAFT_LOG_FORMAT="json",
+        REDRAFT_LOG_LEVEL="DEBUG",
+        REDRAFT_API_KEY=API_KEY,
+        REDRAFT_AUTH_TOKENS=f'{{"{TOKEN}": "logger"}}',
+    )
+    server = HttpServer(env, log=log_path).start()
+    try:
+        async with Client(server.url, auth=TOKEN) as client:
+            sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+            await client.call_tool("refine", {"session_id": sid, "query": "log me", "max_loops": 1})
+            with pytest.raises(ToolError, match=r"^wrong_phase: "):
+                await client.call_tool("revise", {"session_id": sid})
+    finally:
+        server.stop()
+    text = log_path.read_text()
+    records = parse(text)
+    assert len(records) > 20
+    assert API_KEY not in text and TOKEN not in text
+    assert {r["logger"].split(".")[0] for r in records} >= {"redraft", "uvicorn", "fastmcp"}
+
+    tools = [r for r in records if r["event"].startswith("tool ")]
+    refine = next(r for r in tools if r["tool"] == "refine")
+    assert refine["level"] == "info" and refine["session"] == sid and refine["code"] is None
+    assert refine["duration"] > 0
+    refused = next(r for r in tools if r["tool"] == "revise")
+    assert refused["code"] == "wrong_phase" and refused["session"] == sid
+    # the guard's own line for the refusal carries the code too
+    assert any(r["code"] == "wrong_phase" and r["event"].startswith("revise: wrong_phase: ") for r in records)
+
+    steps = [r for r in records if r["logger"] == "redraft.steps"]
+    assert [r["node"] for r in steps] == ["draft", "critique", "revise", "critique"][: len(steps)] and steps
+    assert all(r["session"] == sid and r["duration"] > 0 and r["tool"] == "refine" for r in steps)
+    models = [r for r in records if r["logger"] == "redraft.model"]
+    assert models and all(r["node"] == r["role"].replace("revision", "revise") for r in models)
+
+
+def test_serve_logs_to_stderr_only():
+    """``redraft serve`` configures one handler, on stderr: over stdio, stdout speaks MCP."""
+    import io
+    import logging
+    import sys
+
+    from redraft.observability.logs import JsonFormatter, configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json")
+        assert [type(h.formatter) for h in root.handlers] == [JsonFormatter]
+        assert root.handlers[0].stream is sys.stderr
+        captured = io.StringIO()
+        configure_logging("INFO", "json", stream=captured)
+        logging.getLogger("redraft.test").info("hello %s", "there", extra={"code": "x", "duration": 0.5})
+        record = parse(captured.getvalue())[0]
+        assert (record["event"], record["code"], record["duration"]) == ("hello there", "x", 0.5)
+        assert record["level"] == "info" and record["logger"] == "redraft.test"
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
