@@ -38,9 +38,11 @@ SCHEMA = [
         final_similarity DOUBLE PRECISION,
         stop_reason TEXT,
         duration_s DOUBLE PRECISION,
-        detail TEXT
+        detail TEXT,
+        model TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS redraft_stats_companion ON redraft_stats (companion, kind)",
+    "CREATE INDEX IF NOT EXISTS redraft_stats_created ON redraft_stats (created_at)",  # retention (graph/retention.py)
     """CREATE TABLE IF NOT EXISTS redraft_leases (
         thread_id TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
@@ -83,6 +85,7 @@ SCHEMA = [
 # grows, so a token is never handed out twice, even after its row was deleted.
 PG_SCHEMA = [
     "ALTER TABLE redraft_leases ADD COLUMN IF NOT EXISTS token BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE redraft_stats ADD COLUMN IF NOT EXISTS model TEXT",  # stats by model (server/stats.py)
     "CREATE SEQUENCE IF NOT EXISTS redraft_fence",
     PG_FENCE_FUNCTION,
 ]
@@ -312,6 +315,8 @@ class SqliteDatabase(Database):
         columns = {row["name"] for row in await self.fetchall("PRAGMA table_info(redraft_leases)")}
         if "token" not in columns:
             await self.execute("ALTER TABLE redraft_leases ADD COLUMN token INTEGER NOT NULL DEFAULT 0")
+        if "model" not in {row["name"] for row in await self.fetchall("PRAGMA table_info(redraft_stats)")}:
+            await self.execute("ALTER TABLE redraft_stats ADD COLUMN model TEXT")
         for statement in SQLITE_SCHEMA:
             await self.execute(statement)
 

@@ -1,9 +1,15 @@
-"""What redraft learns per companion type, kept in the database (``redraft_stats``) so it survives restarts and is
-shared by every server process. Suggestions are computed from recorded runs only: with too little data they say so
-instead of inventing numbers."""
+"""What redraft learns per companion type and model, kept in the database (``redraft_stats``) so it survives
+restarts and is shared by every server process and the CLI. Suggestions are computed from recorded runs only: with
+too little data they say so instead of inventing numbers.
+
+Every advancing call records here, whoever made it: MCP tool calls (``LearningMiddleware``), MCP tasks and
+background runs (``server/tasks.py``) and ``redraft run`` / ``redraft resume``. Each row names the model that
+served it (the thread's sampling: the companion's model, the setting, or a per-call override), so the summary is
+split by companion and, within it, by model."""
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 import uuid
@@ -12,6 +18,14 @@ from redraft.graph.database import Database
 
 WINDOW = 500  # most recent runs considered per companion
 MIN_RUNS = 3  # fewer than this: no suggestion, just the count
+UNKNOWN_MODEL = "unknown"  # rows recorded before stats named their model
+
+log = logging.getLogger("redraft.stats")
+
+
+def model_of(data: dict) -> str | None:
+    """The model that served a call, from the thread view it returned."""
+    return ((data.get("slot") or {}).get("sampling") or {}).get("model")
 
 
 class StatsStore:
@@ -19,9 +33,11 @@ class StatsStore:
         self.db = db
 
     async def record_call(self, companion: str, name: str, data: dict, elapsed: float, full_run: bool) -> None:
-        """What one advancing call (a tool call or a task's run) teaches: its phase transition and time and, when it
-        finished a query, the run's iterations, final similarity, stop reason and (for a whole run) duration."""
-        await self.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}")
+        """What one advancing call (a tool call, a task's run, a CLI run) teaches: its phase transition and time
+        and, when it finished a query, the run's iterations, final similarity, stop reason and (for a whole run)
+        duration; all under the model that served it."""
+        model = model_of(data)
+        await self.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}", model=model)
         if data["phase"] == "done" and data.get("stop_reason"):
             await self.record(
                 companion,
@@ -30,7 +46,15 @@ class StatsStore:
                 final_similarity=(data.get("similarities") or [None])[-1],
                 stop_reason=data["stop_reason"],
                 duration_s=elapsed if full_run else None,
+                model=model,
             )
+
+    async def record_quietly(self, companion: str, name: str, data: dict, elapsed: float, full_run: bool) -> None:
+        """``record_call`` for callers whose own work is done (the CLI): a stats failure is logged, not raised."""
+        try:
+            await self.record_call(companion, name, data, elapsed, full_run)
+        except Exception:
+            log.warning("could not record stats for %s", name, exc_info=True)
 
     async def record(
         self,
@@ -42,10 +66,11 @@ class StatsStore:
         stop_reason: str | None = None,
         duration_s: float | None = None,
         detail: str | None = None,
+        model: str | None = None,
     ) -> None:
         await self.db.execute(
             "INSERT INTO redraft_stats (id, companion, kind, created_at, iterations, final_similarity, stop_reason,"
-            " duration_s, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " duration_s, detail, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 uuid.uuid4().hex,
                 companion,
@@ -56,53 +81,67 @@ class StatsStore:
                 stop_reason,
                 duration_s,
                 detail,
+                model,
             ),
         )
 
-    async def summary(self, companion: str, transitions: bool = True) -> dict:
-        """Runs, stop reasons and suggestions; with ``transitions``, also per-transition step times."""
+    async def summary(self, companion: str, transitions: bool = True, model: str | None = None) -> dict:
+        """Runs, stop reasons and suggestions of a companion (of one ``model`` of it, if given), with the same
+        split ``by_model``; with ``transitions``, also per-transition step times."""
+        where, params = "companion = ?", [companion]
+        if model is not None:
+            where += " AND coalesce(model, ?) = ?"
+            params += [UNKNOWN_MODEL, model]
         runs = await self.db.fetchall(
-            "SELECT iterations, final_similarity, stop_reason, duration_s FROM redraft_stats "
-            "WHERE companion = ? AND kind = 'run' ORDER BY created_at DESC LIMIT ?",
-            (companion, WINDOW),
+            "SELECT iterations, final_similarity, stop_reason, duration_s, model FROM redraft_stats "
+            f"WHERE {where} AND kind = 'run' ORDER BY created_at DESC LIMIT ?",
+            (*params, WINDOW),
         )
-        steps = []
+        out: dict = {"companion": companion, **({"model": model} if model is not None else {}), **_learned(runs)}
         if transitions:
             steps = await self.db.fetchall(
-                "SELECT detail, duration_s FROM redraft_stats WHERE companion = ? AND kind = 'transition' "
+                f"SELECT detail, duration_s FROM redraft_stats WHERE {where} AND kind = 'transition' "
                 "ORDER BY created_at DESC LIMIT ?",
-                (companion, WINDOW),
+                (*params, WINDOW),
             )
-        out: dict = {"companion": companion, "runs": len(runs)}
-        stop_reasons: dict[str, int] = {}
-        for r in runs:
-            stop_reasons[r["stop_reason"]] = stop_reasons.get(r["stop_reason"], 0) + 1
-        out["stop_reasons"] = stop_reasons
-        if transitions:
             by_label: dict[str, list[float]] = {}
             for s in steps:
                 by_label.setdefault(s["detail"], []).append(s["duration_s"])
             out["transition_seconds"] = {
                 k: {"count": len(v), "median": statistics.median(v)} for k, v in by_label.items()
             }
-        if len(runs) < MIN_RUNS:
-            out["suggestions"] = None
-            out["note"] = f"Not enough data yet: {len(runs)} finished run(s) recorded, suggestions need {MIN_RUNS}."
-            return out
-        iterations = [r["iterations"] for r in runs]
-        settled = [r["final_similarity"] for r in runs if r["final_similarity"] is not None]
-        durations = [r["duration_s"] for r in runs if r["duration_s"] is not None]
-        suggestions: dict = {
-            "typical_iterations": statistics.median(iterations),
-            "iterations_p90": _quantile(iterations, 0.9),
-        }
-        if len(settled) >= MIN_RUNS:
-            # the similarity at which texts typically stopped changing: a threshold above it rarely fires
-            suggestions["recommended_threshold"] = round(min(0.999, max(0.5, statistics.median(settled))), 4)
-        if len(durations) >= MIN_RUNS:
-            suggestions["estimated_completion_s"] = round(statistics.median(durations), 3)
-        out["suggestions"] = suggestions
+        by_model: dict[str, list[dict]] = {}
+        for r in runs:
+            by_model.setdefault(r["model"] or UNKNOWN_MODEL, []).append(r)
+        out["by_model"] = {name: {"model": name, **_learned(rows)} for name, rows in sorted(by_model.items())}
         return out
+
+
+def _learned(runs: list[dict]) -> dict:
+    """Run count, stop reasons and suggestions (or a note saying why there are none) from recorded runs."""
+    out: dict = {"runs": len(runs)}
+    stop_reasons: dict[str, int] = {}
+    for r in runs:
+        stop_reasons[r["stop_reason"]] = stop_reasons.get(r["stop_reason"], 0) + 1
+    out["stop_reasons"] = stop_reasons
+    if len(runs) < MIN_RUNS:
+        out["suggestions"] = None
+        out["note"] = f"Not enough data yet: {len(runs)} finished run(s) recorded, suggestions need {MIN_RUNS}."
+        return out
+    iterations = [r["iterations"] for r in runs]
+    settled = [r["final_similarity"] for r in runs if r["final_similarity"] is not None]
+    durations = [r["duration_s"] for r in runs if r["duration_s"] is not None]
+    suggestions: dict = {
+        "typical_iterations": statistics.median(iterations),
+        "iterations_p90": _quantile(iterations, 0.9),
+    }
+    if len(settled) >= MIN_RUNS:
+        # the similarity at which texts typically stopped changing: a threshold above it rarely fires
+        suggestions["recommended_threshold"] = round(min(0.999, max(0.5, statistics.median(settled))), 4)
+    if len(durations) >= MIN_RUNS:
+        suggestions["estimated_completion_s"] = round(statistics.median(durations), 3)
+    out["suggestions"] = suggestions
+    return out
 
 
 def _quantile(values: list[float], q: float) -> float:
