@@ -64,7 +64,7 @@ async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
     assert any(r["code"] == "wrong_phase" and r["event"].startswith("revise: wrong_phase: ") for r in records)
 
     steps = [r for r in records if r["logger"] == "redraft.steps"]
-    assert [r["node"] for r in steps] == ["draft", "critique", "revise", "critique"][: len(steps)] and steps
+    assert [r["node"] for r in steps] == ["draft", "critique", "revise"]  # max_loops=1
     assert all(r["session"] == sid and r["duration"] > 0 and r["tool"] == "refine" for r in steps)
     models = [r for r in records if r["logger"] == "redraft.model"]
     assert models and all(r["node"] == r["role"].replace("revision", "revise") for r in models)
