@@ -29,10 +29,10 @@ from redraft.graph.database import (
     MemoryDatabase,
     PostgresDatabase,
     SqliteDatabase,
-    is_driver_error,
     storage_error,
 )
-from redraft.graph.fencing import FENCE, deadline, fenced_sqlite_commit, is_lease_lost, lease_lost
+from redraft.graph.fencing import fenced_sqlite_commit
+from redraft.graph.pgsaver import FencedPostgres
 from redraft.graph.serde import SafeSerializer
 from redraft.settings import Settings
 
@@ -48,47 +48,6 @@ class CompactVersions:
     def get_next_version(self, current, channel=None) -> str:
         current_v = 0 if current is None else int(current) if isinstance(current, int) else int(current.split(".")[0])
         return f"{current_v + 1:010d}.{random.getrandbits(32):08x}"
-
-
-class FencedPostgres:
-    """``AsyncPostgresSaver`` with fenced writes and bounded calls (see ``graph/fencing.py``).
-
-    Every write (``pipeline=True``: checkpoint, blobs, pending writes, deletes) made while a step holds a lease runs
-    in one transaction that starts with the fence check. Every call is bounded by ``statement_timeout``, and driver
-    failures become ``StorageError``. The stock saver also serialises every call of the process through one lock,
-    which a connection pool does not need: with a pool, a stalled connection no longer blocks every other thread.
-    """
-
-    statement_timeout = 30.0
-
-    @contextlib.asynccontextmanager
-    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
-        from psycopg.rows import dict_row
-
-        fence = FENCE.get() if pipeline else None
-        try:
-            async with deadline(self.statement_timeout, "checkpoint write" if pipeline else "checkpoint read"):
-                async with contextlib.AsyncExitStack() as stack:
-                    if not hasattr(self.conn, "connection"):  # a single shared connection needs the saver's lock
-                        await stack.enter_async_context(self.lock)
-                        conn = self.conn
-                    else:
-                        conn = await stack.enter_async_context(self.conn.connection())
-                    if pipeline:
-                        await stack.enter_async_context(conn.pipeline())
-                        await stack.enter_async_context(conn.transaction())
-                    cur = await stack.enter_async_context(conn.cursor(binary=True, row_factory=dict_row))
-                    if fence is not None:
-                        await cur.execute("SELECT redraft_fence_check(%s, %s)", (fence.thread_id, fence.token))
-                    yield cur
-        except RedraftError:
-            raise
-        except Exception as exc:
-            if fence is not None and is_lease_lost(exc):
-                raise lease_lost(fence.thread_id) from None
-            if is_driver_error(exc):
-                raise storage_error(exc) from None
-            raise
 
 
 @dataclass
