@@ -1,11 +1,16 @@
 """``REDRAFT_LOG_FORMAT=json``: every line a real ``redraft serve`` writes (its own, FastMCP's, uvicorn's) is one JSON
 object with time, level, event, code, session, run, node and duration; tool calls, steps and model calls carry their
-context; no configured secret ever appears. Lines go to stderr (over stdio, stdout speaks only MCP)."""
+context; no configured secret ever appears. Lines go to stderr (over stdio, stdout speaks only MCP).
+
+The same server has ``OTEL_EXPORTER_OTLP_ENDPOINT`` set to a local collector: its spans arrive there over OTLP/HTTP
+(the in-memory span checks are in test_traces.py)."""
 
 from __future__ import annotations
 
 import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastmcp.exceptions import ToolError
@@ -29,8 +34,32 @@ def parse(text: str) -> list[dict]:
     return records
 
 
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP trace collector: keeps the span names (and service names) of every export."""
+
+    spans: list[tuple[str, str]] = []
+
+    def do_POST(self):
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        request = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["content-length"])))
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend((attributes.get("service.name"), span.name) for span in scope_spans.spans)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
     log_path = tmp_path / "server.log"
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
     env = server_env(
         str(tmp_path / "logs.sqlite"),
         stub.base_url,
@@ -38,6 +67,8 @@ async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
         REDRAFT_LOG_LEVEL="DEBUG",
         REDRAFT_API_KEY=API_KEY,
         REDRAFT_AUTH_TOKENS=f'{{"{TOKEN}": "logger"}}',
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}",
+        OTEL_BSP_SCHEDULE_DELAY="100",
     )
     server = HttpServer(env, log=log_path).start()
     try:
@@ -47,7 +78,11 @@ async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
             with pytest.raises(ToolError, match=r"^wrong_phase: "):
                 await client.call_tool("revise", {"session_id": sid})
     finally:
-        server.stop()
+        server.stop()  # a clean exit flushes the spans still batched
+        collector.shutdown()
+        collector.server_close()
+    names = {name for service, name in _Collector.spans if service == "redraft"}
+    assert {"tools/call refine", "step draft", "step revise", "chat stub-model"} <= names, _Collector.spans
     text = log_path.read_text()
     records = parse(text)
     assert len(records) > 20
