@@ -98,3 +98,32 @@ def test_label_values_are_bounded():
     label = BoundedLabel(limit=3)
     assert [label(v) for v in ("a", "b", "a", "c", "d", "b")] == ["a", "b", "a", "c", "other", "b"]
     assert label("x" * 200) == "other" and label("bad label\n") == "other" and label(None) == "unknown"
+
+
+@pytest.mark.postgres
+async def test_lease_takeovers_are_counted(pg_url, stub):
+    """A grant over another holder's expired lease counts once; a fresh grant, a refused one and a release none."""
+    import asyncio
+
+    from redraft.errors import ConflictError
+    from redraft.graph.checkpointer import open_persistence
+    from prometheus_client import REGISTRY
+
+    from tests.conftest import make_settings
+
+    def takeovers() -> float:
+        return REGISTRY.get_sample_value("redraft_lease_takeovers_total")
+
+    async with open_persistence(make_settings(pg_url, stub, lease_ttl_seconds=0.3)) as persistence:
+        db = persistence.db
+        before = takeovers()
+        first = await db.grant("t-takeover")  # a fresh row: no takeover
+        with pytest.raises(ConflictError):
+            await db.grant("t-takeover")  # live: refused, no takeover
+        assert takeovers() == before
+        await asyncio.sleep(0.5)  # the holder "crashed": its lease lapses unreleased
+        second = await db.grant("t-takeover")
+        assert second.token > first.token and takeovers() == before + 1
+        await db.release(second)
+        await db.release(await db.grant("t-takeover"))  # after a release the row is gone: a fresh grant again
+        assert takeovers() == before + 1
