@@ -4,13 +4,19 @@ a refused call and a failed model call did; /metrics sits behind the same bearer
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from fastmcp.exceptions import ToolError
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from redraft.errors import ConflictError
+from redraft.graph.checkpointer import open_persistence
 from redraft.observability.metrics import BoundedLabel
 from tests.clients import PlainClient as Client
+from tests.conftest import make_settings
 from tests.servers import http_server, server_env
 
 TOKEN = "metrics-test-token-4f1c9a"
@@ -103,13 +109,6 @@ def test_label_values_are_bounded():
 @pytest.mark.postgres
 async def test_lease_takeovers_are_counted(pg_url, stub):
     """A grant over another holder's expired lease counts once; a fresh grant, a refused one and a release none."""
-    import asyncio
-
-    from redraft.errors import ConflictError
-    from redraft.graph.checkpointer import open_persistence
-    from prometheus_client import REGISTRY
-
-    from tests.conftest import make_settings
 
     def takeovers() -> float:
         return REGISTRY.get_sample_value("redraft_lease_takeovers_total")
