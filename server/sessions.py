@@ -12,6 +12,7 @@ the caller names (``may_list_all``). ``max_sessions`` caps the table: at the cap
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 import uuid
@@ -19,6 +20,8 @@ import uuid
 from redraft.errors import InvalidInputError, SessionBusyError, SessionLimitError, SessionNotFoundError
 from redraft.graph.database import Database
 from redraft.graph.retention import remove_session
+
+log = logging.getLogger("redraft.sessions")
 
 
 def principal_key() -> str:
@@ -168,10 +171,14 @@ class SessionStore:
             )
         return await self.list(principal, limit, session_ids)
 
-    async def sweep(self) -> int:
-        """Delete every session idle past the TTL, with its threads and checkpoints. Safe to run from any process."""
+    async def sweep(self, limit: int | None = None) -> int:
+        """Delete every session idle past the TTL (the ``limit`` idlest, if given), with its threads and
+        checkpoints. Safe to run from any process: the server runs it periodically, every CLI command at its end."""
         cutoff = time.time() - self.ttl
-        expired = await self.db.fetchall("SELECT session_id FROM redraft_sessions WHERE last_accessed < ?", (cutoff,))
+        sql = "SELECT session_id FROM redraft_sessions WHERE last_accessed < ?"
+        if limit is not None:
+            sql += f" ORDER BY last_accessed LIMIT {int(limit)}"
+        expired = await self.db.fetchall(sql, (cutoff,))
         swept = 0
         for row in expired:
             # skipped while a step runs on one of its threads (busy, not idle), or if a call renewed it meanwhile
@@ -179,3 +186,11 @@ class SessionStore:
                 swept += 1
         await self.db.forget_tombstones()
         return swept
+
+    async def sweep_quietly(self, limit: int) -> int:
+        """``sweep`` for a caller whose own work is done (a CLI command): a failure is logged, not raised."""
+        try:
+            return await self.sweep(limit)
+        except Exception:
+            log.debug("session sweep failed", exc_info=True)
+            return 0

@@ -45,6 +45,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 CLI_PRINCIPAL = "anon"  # the CLI acts like an unauthenticated local client: it sees the same sessions
+CLI_SWEEP_LIMIT = 20  # expired sessions a command deletes on its way out (the rest go with the next commands)
 NOT_A_TTY_WIDTH = 1 << 20  # output to a pipe or file is never wrapped or cut: lines are as long as their content
 
 
@@ -153,6 +154,9 @@ async def engine(database_url: str | None) -> AsyncIterator[tuple[Runner, Any]]:
             raise
         sessions = SessionStore(p.db, p.saver, settings.session_ttl_seconds, settings.max_sessions)
         yield Runner(p, settings), sessions
+        # CLI sessions expire like MCP sessions: with no server sweeping this database, each command that succeeded
+        # deletes a few sessions idle past the TTL, with their threads and checkpoints (server/sessions.py)
+        await sessions.sweep_quietly(CLI_SWEEP_LIMIT)
 
 
 def execute(fn: Callable[[], Awaitable[Any]]) -> Any:

@@ -9,6 +9,7 @@ is released and the database closed, well within a second.
 from __future__ import annotations
 
 import shlex
+import time
 from typing import Annotated, Any
 
 import typer
@@ -84,6 +85,7 @@ def run(
     async def main() -> dict:
         from redraft.graph.companions import get_companion
         from redraft.graph.runner import thread_id_for
+        from redraft.server.stats import StatsStore
 
         async with engine(database_url) as (runner, sessions):
             get_companion(companion)  # an unknown companion fails before a session is made
@@ -104,6 +106,7 @@ def run(
                     streaming[0] = ""
                     out.print(f"\n[dim]✓ {event['node']} checkpointed[/]")
 
+            started = time.monotonic()
             result = await runner.refine(
                 thread_id_for(sid, companion),
                 companion,
@@ -112,6 +115,10 @@ def run(
                 on_token=None if as_json else on_token,
                 similarity_threshold=threshold,
                 max_loops=max_loops,
+            )
+            # a CLI run teaches the learning stats as an MCP refine does (server/stats.py)
+            await StatsStore(runner.persistence.db).record_quietly(
+                companion, "refine", result, time.monotonic() - started, True
             )
             return {"session_id": sid, "companion": companion, **result}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated
 
 import typer
@@ -168,6 +169,7 @@ def resume(
 
     async def main() -> dict:
         from redraft.errors import InvalidInputError
+        from redraft.server.stats import StatsStore
 
         try:
             payload = json.loads(decision) if decision else None
@@ -175,7 +177,12 @@ def resume(
             raise InvalidInputError(f"--decision is not valid JSON: {exc.msg}") from None
         async with engine(database_url) as (runner, store):
             thread = await thread_of(store, session, companion)
-            return await runner.resume(thread, payload)
+            started = time.monotonic()
+            result = await runner.resume(thread, payload)
+            await StatsStore(runner.persistence.db).record_quietly(
+                companion, "resume", result, time.monotonic() - started, False
+            )
+            return result
 
     emit(execute(main), as_json, show_thread)
 
