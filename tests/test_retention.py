@@ -156,7 +156,19 @@ async def test_redraft_prune_command(tmp_path, stub):
     assert bad["error"] == "invalid_input" and "30d" in bad["message"]
 
 
-async def test_the_server_sweep_prunes(db_url, stub):
+async def test_prune_on_the_memory_backend(stub):
+    settings = make_settings("memory", stub)
+    async with open_persistence(settings) as p:
+        runner = Runner(p, settings)
+        sid, orphan = await seed(runner, SessionStore(p.db, p.saver, 3600, 100))
+        freed = await prune(p.db, p.saver, 100.0, now=time.time() + 200.0)
+        assert (freed["sessions"], freed["threads"], freed["skipped_busy"]) == (1, 2, 0) and freed["checkpoints"] > 4
+        assert await checkpoints(p.saver, orphan) == 0
+        assert await checkpoints(p.saver, thread_id_for(sid, "generic")) == 0
+
+
+async def test_the_server_sweep_prunes(tmp_path, stub):
+    db_url = str(tmp_path / "sweep.sqlite")  # prune itself is tested on PostgreSQL above
     settings = make_settings(db_url, stub)
     async with open_persistence(settings) as p:
         old = new_thread()
