@@ -60,12 +60,31 @@ def error_kind(exc: BaseException) -> str:
 
 
 def _describe(runnable: Any) -> tuple[Any, dict[str, Any]]:
-    """The chat client behind a (bound) runnable, and the per-call arguments bound to it."""
+    """The chat client behind a (bound) runnable, and the per-call arguments bound to it. (A ``RunnableBinding``
+    keeps ``bound`` and ``kwargs`` among its fields; looking them up with ``hasattr`` on a pydantic model that lacks
+    them would raise and catch an exception per call.)"""
     client, bound = runnable, {}
-    while hasattr(client, "bound") and hasattr(client, "kwargs"):
+    while "bound" in getattr(client, "__dict__", ()) and "kwargs" in client.__dict__:
         bound = {**client.kwargs, **bound}
         client = client.bound
     return client, bound
+
+
+_series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+
+
+def _series_for(role: str, model: str) -> tuple[Any, Any, Any, Any]:
+    """The (calls, latency, input tokens, output tokens) children for a role and model, looked up once."""
+    found = _series.get((role, model))
+    if found is None:
+        label = metrics.model_label(model)
+        found = _series[(role, model)] = (
+            metrics.MODEL_CALLS.labels(role, label),
+            metrics.MODEL_LATENCY.labels(role, label),
+            metrics.MODEL_INPUT_TOKENS.labels(role, label),
+            metrics.MODEL_OUTPUT_TOKENS.labels(role, label),
+        )
+    return found
 
 
 def _server(client: Any) -> tuple[str | None, int | None]:
@@ -119,18 +138,18 @@ class ModelCall:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         elapsed = time.perf_counter() - self.started
-        model = metrics.model_label(self.model)
-        metrics.MODEL_CALLS.labels(self.role, model).inc()
-        metrics.MODEL_LATENCY.labels(self.role, model).observe(elapsed)
+        calls, latency, input_tokens, output_tokens = _series_for(self.role, self.model)
+        calls.inc()
+        latency.observe(elapsed)
         tokens_in, tokens_out = usage_of(self.reply)
         if tokens_in:
-            metrics.MODEL_INPUT_TOKENS.labels(self.role, model).inc(tokens_in)
+            input_tokens.inc(tokens_in)
         if tokens_out:
-            metrics.MODEL_OUTPUT_TOKENS.labels(self.role, model).inc(tokens_out)
+            output_tokens.inc(tokens_out)
         kind = None
         if exc is not None:
             kind = error_kind(exc)
-            metrics.MODEL_ERRORS.labels(self.role, model, kind).inc()
+            metrics.MODEL_ERRORS.labels(self.role, metrics.model_label(self.model), kind).inc()
         if self.span is not None:
             self._finish_span(tokens_in, tokens_out, exc, kind)
         if log.isEnabledFor(logging.DEBUG):

@@ -35,6 +35,7 @@ def observed_node(name: str, node: Node) -> Node:
     count_ok = metrics.STEPS.labels(name, "ok")
     latency = metrics.STEP_LATENCY.labels(name)
     in_progress = metrics.STEPS_IN_PROGRESS.labels(name)
+    fields = {"node": name}
 
     async def step(state: Any, runtime: Any) -> dict:
         started = time.perf_counter()
@@ -42,10 +43,11 @@ def observed_node(name: str, node: Node) -> Node:
         if traces.ENABLED:
             span, token = traces.start_span(f"step {name}", {"redraft.node": name})
         in_progress.inc()
+        context = logs.push(fields)
         try:
-            with logs.bind(node=name):
-                result = await node(state, runtime)
+            result = await node(state, runtime)
         except BaseException as exc:
+            logs.pop(context)
             in_progress.dec()
             outcome = outcome_of(exc)
             elapsed = time.perf_counter() - started
@@ -58,6 +60,7 @@ def observed_node(name: str, node: Node) -> Node:
             code = None if outcome in ("interrupted", "cancelled") else outcome
             log.debug("step %s %s", name, outcome, extra={"node": name, "code": code, "duration": round(elapsed, 6)})
             raise
+        logs.pop(context)
         in_progress.dec()
         elapsed = time.perf_counter() - started
         count_ok.inc()
