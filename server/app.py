@@ -100,8 +100,8 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
         # lists tools on every call. Our schemas are valid JSON Schema with local $defs, which clients resolve.
         dereference_schemas=False,
         middleware=[
+            ObservabilityMiddleware(),  # outermost: every call is counted and logged, a draining refusal too
             DrainMiddleware(state),  # while draining, new calls get the retryable `draining` error (server/drain.py)
-            ObservabilityMiddleware(),
             SessionActivityMiddleware(state),
             LearningMiddleware(state),
         ],
