@@ -104,10 +104,7 @@ def test_wheel_runs_outside_the_source_tree(installed, stub, tmp_path):
         assert not Path(module_file).resolve().is_relative_to(ROOT), module_file
 
     redraft = installed / "redraft"
-    usage = sh(redraft, "--help", cwd=tmp_path, env=outside_env())
-    assert "run" in usage and "config" in usage
-    if "--version" in usage:  # issue 20 item 2
-        assert __version__ in sh(redraft, "--version", cwd=tmp_path, env=outside_env())
+    assert sh(redraft, "--version", cwd=tmp_path, env=outside_env()).strip() == f"redraft {__version__}"
 
     env = outside_env(**server_env(str(tmp_path / "wheel.sqlite"), stub.base_url))
     env.pop("PYTHONPATH", None)
