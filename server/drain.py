@@ -149,7 +149,7 @@ class Drain:
         worker = getattr(self.mcp, "_worker", None)
         if worker is not None:
             worker.concurrency = 0  # no new task; the running ones are still renewed and finished
-        log.warning(
+        log.info(
             "%s: draining (no new work; steps in flight get up to %.0f s, then their runs are handed back)",
             reason,
             self.settings.drain_seconds,
@@ -172,8 +172,17 @@ class Drain:
             with contextlib.suppress(Exception):
                 await db.release(lease)
         worker = getattr(self.mcp, "_worker", None)
-        await _wait_while(lambda: bool(getattr(worker, "_tasks_by_key", None)), time.monotonic() + HANDBACK_GRACE_S)
-        log.warning("drained in %.1f s; exiting", time.monotonic() - self.started)
+
+        def running() -> list[asyncio.Task]:
+            return [task for task in getattr(worker, "_tasks_by_key", {}).values() if not task.done()]
+
+        await _wait_while(lambda: bool(running()), time.monotonic() + HANDBACK_GRACE_S)
+        if running():  # a run holding no lease (say, a duplicate delivery waiting for its thread): hand it back too
+            for task in running():
+                CUT.add(task)
+                task.cancel()
+            await _wait_while(lambda: bool(running()), time.monotonic() + HANDBACK_GRACE_S)
+        log.info("drained in %.1f s; exiting", time.monotonic() - self.started)
 
 
 async def _wait_while(busy: Callable[[], bool], until: float) -> None:
