@@ -138,13 +138,15 @@ async def cli(*args: str, env: dict[str, str], expect: int = 0) -> dict:
 
 async def test_redraft_prune_command(tmp_path, stub):
     db_file = str(tmp_path / "prune.sqlite")
-    env = server_env(db_file, stub.base_url)
+    env = server_env(db_file, stub.base_url, REDRAFT_SESSION_TTL_SECONDS="1")  # expired, too, by the dry run
     settings = make_settings(db_file, stub)
     async with open_persistence(settings) as p:  # what `redraft run` leaves: a session and its thread
         await seed(Runner(p, settings), SessionStore(p.db, p.saver, 3600, 100))
     await asyncio.sleep(1.2)
     dry = await cli("prune", "--older-than", "1s", "--dry-run", "--json", env=env)
     assert dry["dry_run"] and dry["sessions"] == 1 and dry["threads"] == 2 and dry["checkpoints"] > 4
+    with sqlite3.connect(db_file) as conn:  # a dry run deletes nothing, not even an expired session
+        assert conn.execute("SELECT count(*) FROM redraft_sessions").fetchone()[0] == 1
     freed = await cli("prune", "--older-than", "1s", "--json", env=env)
     assert {k: freed[k] for k in ("sessions", "threads", "checkpoints")} == {
         k: dry[k] for k in ("sessions", "threads", "checkpoints")

@@ -136,7 +136,7 @@ def settings_from(database_url: str | None) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def engine(database_url: str | None) -> AsyncIterator[tuple[Runner, Any]]:
+async def engine(database_url: str | None, sweep: bool = True) -> AsyncIterator[tuple[Runner, Any]]:
     from redraft.errors import ConfigError, StorageError
     from redraft.graph.checkpointer import open_persistence
     from redraft.graph.runner import Runner
@@ -156,7 +156,8 @@ async def engine(database_url: str | None) -> AsyncIterator[tuple[Runner, Any]]:
         yield Runner(p, settings), sessions
         # CLI sessions expire like MCP sessions: with no server sweeping this database, each command that succeeded
         # deletes a few sessions idle past the TTL, with their threads and checkpoints (server/sessions.py)
-        await sessions.sweep_quietly(CLI_SWEEP_LIMIT)
+        if sweep:
+            await sessions.sweep_quietly(CLI_SWEEP_LIMIT)
 
 
 def execute(fn: Callable[[], Awaitable[Any]]) -> Any:

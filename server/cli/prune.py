@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from redraft.server.cli.app import DbOption, JsonOption, app, emit, execute, out, settings_from
+from redraft.server.cli.app import DbOption, JsonOption, app, emit, engine, execute, out, settings_from
 
 
 @app.command()
@@ -31,7 +31,6 @@ def prune(
 
     async def main() -> dict:
         from redraft.errors import InvalidInputError
-        from redraft.graph.checkpointer import open_persistence
         from redraft.graph.retention import parse_age
         from redraft.graph.retention import prune as prune_old
 
@@ -42,8 +41,9 @@ def prune(
             seconds = settings.retention_days * 86400.0
         else:
             raise InvalidInputError("REDRAFT_RETENTION_DAYS is 0 (keep everything): say --older-than, e.g. 30d.")
-        async with open_persistence(settings) as p:
-            return await prune_old(p.db, p.saver, seconds, dry_run=dry_run)
+        # engine: an unreachable database exits 3, as everywhere; no session sweep (a dry run deletes nothing)
+        async with engine(database_url, sweep=False) as (runner, _):
+            return await prune_old(runner.persistence.db, runner.persistence.saver, seconds, dry_run=dry_run)
 
     def human(report: dict) -> None:
         import datetime
