@@ -7,7 +7,8 @@
   duplicate whose thread is held by the live first worker gets ``ConflictError`` and leaves the run to it.
 * Cancellation (``cancel_run``: the Docket task is cancelled, wherever it runs) ends the run ``cancelled`` at once,
   model call included; the thread stays at its last checkpoint and can be resumed. A shutdown's cancellation leaves
-  the run ``running`` for a restart (or another replica) to pick up.
+  the run ``running`` for a restart (or another replica) to pick up; so does a drain (``DrainingError``, raised to the
+  caller, which hands the run to another worker at once).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redraft.errors import ConflictError, LeaseLostError, NotFoundError, RedraftError
+from redraft.errors import ConflictError, DrainingError, LeaseLostError, NotFoundError, RedraftError
 from redraft.graph.bus import Bus
 from redraft.graph.database import OWNER
 from redraft.graph.multitask import close_current_query, rollback_to
 from redraft.graph.runner import Runner
 from redraft.graph.runs import CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore, run_view
-from redraft.graph.state import phase_of
 from redraft.graph.view import pending_gate
+from redraft.observability import logs
 
 log = logging.getLogger("redraft.runs")
 
@@ -43,12 +44,6 @@ class StopAtBoundary(Exception):
 
 class CancelledAtBoundary(Exception):
     """The run was cancelled and this worker noticed at a step boundary (a backstop to the task cancellation)."""
-
-
-async def _head(runner: Runner, thread_id: str) -> tuple[str, dict]:
-    """The thread's head checkpoint id ("" for an empty thread) and its state values."""
-    snap = await runner.snapshot(thread_id)
-    return (snap.config or {}).get("configurable", {}).get("checkpoint_id") or "", snap.values or {}
 
 
 async def head_checkpoint_id(runner: Runner, thread_id: str) -> str:
@@ -96,13 +91,17 @@ async def execute_run(
     decision: dict | None = None,
     cancelled_by_request: Callable[[], bool] | None = None,
     worker: str = OWNER,
+    run: dict | None = None,
+    claimed: bool = False,
 ) -> dict:
-    """Run (or continue) the run ``run_id`` to its next stop and return its ``run_view``.
+    """Run (or continue) the run ``run_id`` to its next stop and return its ``run_view``. ``run`` is its record when
+    the caller has just read it (saves reading it again); ``claimed``: the caller has just claimed it for ``worker``
+    as a first attempt, with its base checkpoint (``RunStore.claim``'s effect, folded into the caller's statement).
 
     A finished run is returned as is (a redelivered duplicate is a no-op). ``decision`` answers the pending gate of a
     run interrupted at one. ``cancelled_by_request`` tells a cancellation by request (``tasks/cancel``, which sets no
     flag) from a shutdown's; ``cancel_run`` sets the run's ``cancel_requested`` flag, which is always checked."""
-    run = await store.get(run_id)
+    run = run or await store.get(run_id)
     if run is None:
         raise NotFoundError(f"No run {run_id}.")
     if run["status"] in FINISHED:
@@ -111,7 +110,8 @@ async def execute_run(
         await _finish(store, bus, run, "cancelled", error_code="cancelled", error_message="Cancelled.")
         return run_view(await store.get(run_id))
     try:
-        return await _execute(runner, store, bus, run, decision, worker)
+        with logs.bind(run=run_id, session=run.get("session_id")):  # every line of the run names it (JSON logs)
+            return await _execute(runner, store, bus, run, decision, worker, claimed)
     except asyncio.CancelledError:
         # wherever it landed -- waiting its turn, claiming, mid step or mid model call -- a requested cancel ends
         # the run cancelled; the lease of a step in flight is released by the step itself (graph/leases.py)
@@ -126,40 +126,58 @@ async def execute_run(
         raise
 
 
-async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decision: dict | None, worker: str) -> dict:
+async def _execute(
+    runner: Runner, store: RunStore, bus: Bus, run: dict, decision: dict | None, worker: str, claimed: bool
+) -> dict:
     """execute_run's body from the claim on (its caller handles cancellation)."""
     run_id = run["run_id"]
+    if claimed:
+        return await _steps(runner, store, bus, run, decision, worker, False, True, run["base_checkpoint"])
     if run["multitask_strategy"] != "reject" and run["status"] == "queued":
         await _wait_for_earlier_runs(store, run)  # enqueue; interrupt and rollback wait for the runs they stopped
     redelivered = run["status"] == "running"  # someone claimed it before: a crashed worker, or a live duplicate
-    claimed = await store.update(
-        run_id,
-        expect=("queued", "running", "interrupted"),
-        status="running",
-        worker=worker,
-        attempts=(run["attempts"] or 0) + 1,
-        started_at=run["started_at"] or time.time(),
-        finished_at=None,
-    )
-    if not claimed:  # finished (or cancelled while queued) in the meantime
-        return run_view(await store.get(run_id))
     thread_id = run["thread_id"]
-    head, values = await _head(runner, thread_id)
-    base = run["base_checkpoint"]
+    # A first attempt that edits nothing starts at the thread's head: read it, then claim the run and record that
+    # base in one statement (a base set meanwhile by a duplicate delivery stands). Otherwise claim, then look.
+    first = run["status"] == "queued" and run["base_checkpoint"] is None and not _edits_thread(run)
+    head = await head_checkpoint_id(runner, thread_id) if first else None
+    mine = await store.claim(run_id, worker, base_checkpoint=head)
+    if mine is None:  # finished (or cancelled while queued) in the meantime
+        return run_view(await store.get(run_id))
+    if head is None:
+        head = await head_checkpoint_id(runner, thread_id)
+    base = mine["base_checkpoint"]
     if base is None:  # the first attempt: apply the strategy's thread edit, then remember where the run starts
         if await _prepare_thread(runner, store, run):
-            head, values = await _head(runner, thread_id)
+            head = await head_checkpoint_id(runner, thread_id)
         base = head
         await store.update(run_id, base_checkpoint=base)
     started_here = head == base  # nothing of this run was committed yet
-    await bus.publish(run_id, {"type": "status", "status": "running", "phase": phase_of(values), "worker": worker})
+    return await _steps(runner, store, bus, run, decision, worker, redelivered, started_here, base)
+
+
+async def _steps(
+    runner: Runner,
+    store: RunStore,
+    bus: Bus,
+    run: dict,
+    decision: dict | None,
+    worker: str,
+    redelivered: bool,
+    started_here: bool,
+    base: str,
+) -> dict:
+    """The claimed run's steps to its next stop, and its record's final update."""
+    run_id, thread_id = run["run_id"], run["thread_id"]
+    # the phase is the run's own until its first step reports one (run_view falls back to the record's)
+    await bus.publish(run_id, {"type": "status", "status": "running", "phase": None, "worker": worker})
 
     progress = _Progress(runner, store, bus, run_id, thread_id, run)
     conflict_until = time.monotonic() + runner.persistence.db.lease_ttl + 2.0
     lease_retries = LEASE_RETRIES
     while True:
         try:
-            result = await _call(runner, run, started_here, head, values, decision, progress)
+            result = await _call(runner, run, started_here, decision, progress)
             break
         except ConflictError:
             # The thread's lease is held: by a crashed holder until its lease lapses, or by a live worker. A run that
@@ -171,7 +189,7 @@ async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decisio
                 return run_view(current or run)
             if redelivered or time.monotonic() < conflict_until:
                 await asyncio.sleep(0.25 if time.monotonic() < conflict_until else 1.0)
-                head, values = await _head(runner, thread_id)
+                head = await head_checkpoint_id(runner, thread_id)
                 started_here = head == base
                 continue
             await _finish(store, bus, run, "failed", error_code=ConflictError.code, error_message=_conflict_message())
@@ -198,11 +216,18 @@ async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decisio
                 lease_retries -= 1
                 log.info("run %s lost its step lease; continuing from the last checkpoint", run_id)
                 await asyncio.sleep(0.5)
-                head, values = await _head(runner, thread_id)
+                head = await head_checkpoint_id(runner, thread_id)
                 started_here = head == base
                 continue
             await _finish(store, bus, run, "failed", error_code=exc.code, error_message=exc.message)
             return run_view(await store.get(run_id))
+        except DrainingError:
+            # this process is shutting down and the run stopped at a step boundary (nothing of the next step was
+            # committed, the lease is released): it stays running for the caller to hand to another worker
+            await store.update(
+                run_id, worker=run["worker"], progress_message="Handed to another worker.", expect=("running",)
+            )
+            raise
         except RedraftError as exc:
             await _finish(store, bus, run, "failed", error_code=exc.code, error_message=exc.message)
             return run_view(await store.get(run_id))
@@ -227,6 +252,12 @@ async def _execute(runner: Runner, store: RunStore, bus: Bus, run: dict, decisio
     return run_view(await store.get(run_id))
 
 
+def _edits_thread(run: dict) -> bool:
+    """Whether the run's strategy edits the thread before its first step (see ``_prepare_thread``)."""
+    request = run["request"] or {}
+    return bool(request.get("replaces")) and run["multitask_strategy"] in ("rollback", "interrupt")
+
+
 async def _prepare_thread(runner: Runner, store: RunStore, run: dict) -> bool:
     """Before a run's first step: ``rollback`` removes the checkpoints of the runs it cancelled; ``interrupt`` with a
     new query closes the query the runs it stopped left unfinished. True if the thread changed."""
@@ -249,9 +280,7 @@ def _conflict_message() -> str:
     return "Another step is running on this thread; retry when it has finished."
 
 
-async def _call(
-    runner: Runner, run: dict, started_here: bool, head: str, values: dict, decision: dict | None, progress: _Progress
-) -> dict:
+async def _call(runner: Runner, run: dict, started_here: bool, decision: dict | None, progress: _Progress) -> dict:
     """The one runner call for this attempt: open the run's work if nothing was committed yet, else continue it."""
     thread_id, request = run["thread_id"], run["request"] or {}
     if started_here:

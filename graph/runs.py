@@ -66,7 +66,7 @@ def _encode(field: str, value: Any) -> Any:
     return json.dumps(value) if field in _JSON_FIELDS and value is not None else value
 
 
-def _decode(row: dict | None) -> dict | None:
+def decode_run(row: dict | None) -> dict | None:
     if row is None:
         return None
     out = dict(row)
@@ -114,14 +114,16 @@ class RunStore:
         }
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        await self.db.execute(
-            f"INSERT INTO redraft_runs ({names}) VALUES ({marks})", tuple(_encode(k, v) for k, v in row.items())
+        return decode_run(
+            await self.db.fetchone(
+                f"INSERT INTO redraft_runs ({names}) VALUES ({marks}) RETURNING *",
+                tuple(_encode(k, v) for k, v in row.items()),
+            )
         )
-        return await self.get(row["run_id"])
 
     async def get(self, run_id: str) -> dict | None:
         """The run, or None."""
-        return _decode(await self.db.fetchone("SELECT * FROM redraft_runs WHERE run_id = ?", (run_id,)))
+        return decode_run(await self.db.fetchone("SELECT * FROM redraft_runs WHERE run_id = ?", (run_id,)))
 
     async def update(self, run_id: str, *, expect: tuple[str, ...] | None = None, **fields: Any) -> bool:
         """Set ``fields`` (``updated_at`` too); with ``expect``, only while the run's status is one of them.
@@ -138,6 +140,21 @@ class RunStore:
             sql += f" AND status IN ({', '.join('?' for _ in expect)})"
             params += tuple(expect)
         return await self.db.execute(sql, params) == 1
+
+    async def claim(self, run_id: str, worker: str, base_checkpoint: str | None = None) -> dict | None:
+        """Move a queued, running (a redelivery) or interrupted run to running for ``worker``, counting the attempt,
+        and set its base checkpoint unless one is set already (the first claim's stands). The run afterwards, or None
+        if it was in no state to claim (finished, or cancelled meanwhile). One statement."""
+        now = time.time()
+        return decode_run(
+            await self.db.fetchone(
+                "UPDATE redraft_runs SET status = 'running', worker = ?, attempts = attempts + 1, "
+                "started_at = COALESCE(started_at, ?), finished_at = NULL, updated_at = ?, "
+                "base_checkpoint = COALESCE(base_checkpoint, ?) "
+                "WHERE run_id = ? AND status IN ('queued', 'running', 'interrupted') RETURNING *",
+                (worker, now, now, base_checkpoint, run_id),
+            )
+        )
 
     async def progress(self, run_id: str, **fields: Any) -> int:
         """Record a running run's progress; returns its ``cancel_requested`` flag (one round trip for both)."""
@@ -161,14 +178,14 @@ class RunStore:
             "ORDER BY created_at, run_id",
             (thread_id,),
         )
-        return [_decode(r) for r in rows]
+        return [decode_run(r) for r in rows]
 
     async def list_unfinished(self) -> list[dict]:
         """Every queued or running run, oldest first (what a restart re-queues)."""
         rows = await self.db.fetchall(
             "SELECT * FROM redraft_runs WHERE status IN ('queued', 'running') ORDER BY created_at, run_id"
         )
-        return [_decode(r) for r in rows]
+        return [decode_run(r) for r in rows]
 
     async def request_cancel(self, run_id: str, how: int = CANCEL_NOW) -> dict | None:
         """Flag an unfinished run for cancellation; a run no worker holds (queued, or paused at a gate) is cancelled

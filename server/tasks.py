@@ -34,10 +34,12 @@ from fastmcp.utilities.tasks import TaskConfig
 from fastmcp_tasks import TasksExtension
 from fastmcp_tasks.models import CreateTaskResult
 
-from redraft.errors import ConflictError, InvalidInputError, RedraftError, StorageError
-from redraft.graph.runexec import execute_run
+from redraft.errors import ConflictError, DrainingError, InvalidInputError, RedraftError, StorageError
+from redraft.graph.database import OWNER
+from redraft.graph.runexec import execute_run, head_checkpoint_id
 from redraft.graph.runner import thread_id_for
-from redraft.graph.runs import ACTIVE
+from redraft.graph.runs import ACTIVE, decode_run
+from redraft.server.drain import handed_back, requeue_task_leg
 from redraft.server.sessions import principal_key
 from redraft.server.task_gates import answer_to, ask, checked_answer
 from redraft.settings import Settings
@@ -175,10 +177,11 @@ async def run_task(
         "kind": kind,
         "request": {**request, "task": True},
     }
-    # the usual first leg, in one statement: complete the run noted at creation while no other run holds the thread
-    if await _claim_noted(app, run_id, fields):
-        run = {**fields, "run_id": run_id, "status": "queued"}
-    else:
+    # the usual first leg: complete the run noted at creation and claim it, in one statement, while no other run
+    # holds the thread; it starts at the thread's head
+    run = await _claim_noted(app, run_id, fields, await head_checkpoint_id(app.runner, thread))
+    claimed = run is not None
+    if run is None:
         run = await app.runs.get(run_id)
         if run is None or (run["status"] == "queued" and not run["attempts"]):  # not noted yet, or the thread is busy
             run = await _first_leg(app, run_id, run, fields)
@@ -197,7 +200,12 @@ async def run_task(
             except InvalidInputError as exc:
                 return ask(gate, problem=exc.message)
     started = time.monotonic()
-    outcome = await _execute(app, ctx, run_id, decision, session_id)
+    try:
+        outcome = await _execute(app, ctx, run, decision, session_id, claimed)
+    except (DrainingError, asyncio.CancelledError) as exc:
+        if not handed_back(exc):
+            raise
+        return await requeue_task_leg(ctx.fastmcp)  # this replica drains: another worker continues the task
     elapsed = time.monotonic() - started
     result = outcome.get("result") if outcome["status"] in ("succeeded", "interrupted") else None
     gate = outcome.get("pending_gate") if outcome["status"] == "interrupted" else None
@@ -242,33 +250,35 @@ async def _first_leg(app, run_id: str, run: dict | None, fields: dict) -> dict:
     if run is None:
         with contextlib.suppress(Exception):  # noted at creation meanwhile: the same run
             await app.runs.create(run_id=run_id, principal=principal_key(), **fields)
-    if await app.runs.update(run_id, expect=("queued",), **fields):
-        return {**(run or {}), **fields, "run_id": run_id, "status": "queued"}
-    run = await app.runs.get(run_id)  # not queued any more (a cancel), or not written at all
+    await app.runs.update(run_id, expect=("queued",), **fields)
+    run = await app.runs.get(run_id)  # queued with our fields; or not queued any more (a cancel), or not written
     if run is None:
         raise StorageError("The run record could not be written; nothing ran.")
     return run
 
 
-async def _claim_noted(app, run_id: str, fields: dict) -> bool:
-    """Complete the run record noted at task creation with the body's view of it, if it is still the untouched note
-    and no other run is queued or running on its thread. True if it was."""
+async def _claim_noted(app, run_id: str, fields: dict, head: str) -> dict | None:
+    """Complete the run record noted at task creation with the body's view of it and claim it for this worker,
+    starting at ``head``, if it is still the untouched note and no other run is queued or running on its thread: the
+    record afterwards (running), else None."""
     sets = ", ".join(f"{name} = ?" for name in fields)
     values = [json.dumps(v) if name == "request" else v for name, v in fields.items()]
-    changed = await app.runs.db.execute(
-        f"UPDATE redraft_runs SET {sets}, updated_at = ? WHERE run_id = ? AND status = 'queued' AND attempts = 0 "
+    now = time.time()
+    row = await app.runs.db.fetchone(
+        f"UPDATE redraft_runs SET {sets}, status = 'running', worker = ?, attempts = 1, started_at = ?, "
+        "base_checkpoint = ?, updated_at = ? WHERE run_id = ? AND status = 'queued' AND attempts = 0 "
         "AND NOT EXISTS (SELECT 1 FROM redraft_runs other WHERE other.thread_id = ? "
-        "AND other.status IN ('queued', 'running') AND other.run_id <> ?)",
-        (*values, time.time(), run_id, fields["thread_id"], run_id),
+        "AND other.status IN ('queued', 'running') AND other.run_id <> ?) RETURNING *",
+        (*values, OWNER, now, head, now, run_id, fields["thread_id"], run_id),
     )
-    return changed == 1
+    return decode_run(row)
 
 
-async def _execute(app, ctx: Context, run_id: str, decision: dict | None, session_id: str) -> dict:
+async def _execute(app, ctx: Context, run: dict, decision: dict | None, session_id: str, claimed: bool) -> dict:
     """execute_run with the run's progress forwarded to the task's status message; a ``tasks/cancel`` ends the run
     cancelled (a shutdown's cancellation leaves it running, for a restart or another replica to continue). The run
     counts as activity on its session, so a session whose TTL is shorter than the run does not expire under it."""
-    principal = principal_key()
+    principal, run_id = principal_key(), run["run_id"]
 
     async def touch() -> None:
         await app.sessions.touch_quietly(principal, session_id)
@@ -276,7 +286,7 @@ async def _execute(app, ctx: Context, run_id: str, decision: dict | None, sessio
     forward = asyncio.create_task(forward_progress(ctx, app.bus, run_id, touch))
     await asyncio.sleep(0)  # let the forwarder subscribe before the run publishes
     try:
-        return await execute_run(app.runner, app.runs, app.bus, run_id, decision=decision)
+        return await execute_run(app.runner, app.runs, app.bus, run_id, decision=decision, run=run, claimed=claimed)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             if await asyncio.shield(_cancelled_by_client(ctx)):
