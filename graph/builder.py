@@ -2,20 +2,24 @@
 
 The convergence decision is made inside the node that produced the evidence (the critique or the revision) and
 written in the same superstep, so a stop is never lost between two checkpoints and no extra node (or checkpoint)
-is spent on it.
+is spent on it. Each node runs in ``observed_node``: its step's metrics, span and log context (redraft/observability).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
+from redraft.graph.public import QueryInput, QueryOutput, QueryState, open_query, publish, shown_errors
 from redraft.graph.state import RedraftState, outcome_for
-from redraft.nodes.context import RedraftContext
+from redraft.nodes.context import PublicContext, RedraftContext
 from redraft.nodes.critique import critique
 from redraft.nodes.draft import draft
 from redraft.nodes.revise import revise
+from redraft.observability.steps import observed_node
 
 
 def _slot_done(state: RedraftState) -> bool:
@@ -33,13 +37,33 @@ async def after_revise(state: RedraftState) -> str:
     return END if _slot_done(state) else "critique"
 
 
-def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
-    builder = StateGraph(RedraftState, context_schema=RedraftContext)
-    builder.add_node("draft", draft)
-    builder.add_node("critique", critique)
-    builder.add_node("revise", revise)
-    builder.add_edge(START, "draft")
+def _add_loop(builder: StateGraph, done: str, wrap: Callable = lambda node: node) -> None:
+    """draft -> critique -> revise -> (critique | ``done``), and critique -> ``done`` when the critic is done."""
+    builder.add_node("draft", wrap(observed_node("draft", draft)))
+    builder.add_node("critique", wrap(observed_node("critique", critique)))
+    builder.add_node("revise", wrap(observed_node("revise", revise)))
     builder.add_edge("draft", "critique")
-    builder.add_conditional_edges("critique", after_critique, ["revise", END])
-    builder.add_conditional_edges("revise", after_revise, ["critique", END])
+    builder.add_conditional_edges("critique", after_critique, {"revise": "revise", END: done})
+    builder.add_conditional_edges("revise", after_revise, {"critique": "critique", END: done})
+
+
+def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
+    """The graph redraft's MCP server and CLI run: its input is the run_log open event (``Runner.open_input``), its
+    context a ``RedraftContext``."""
+    builder = StateGraph(RedraftState, context_schema=RedraftContext)
+    _add_loop(builder, END)
+    builder.add_edge(START, "draft")
+    return builder.compile(checkpointer=checkpointer, name="redraft")
+
+
+def build_public_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
+    """The same loop with public input, output and context schemas (LangGraph Studio, Agent Server; see
+    ``graph/public.py``): ``open_query`` turns the typed query into the open event, ``publish`` writes the answer."""
+    builder = StateGraph(RedraftState, context_schema=PublicContext, input_schema=QueryInput, output_schema=QueryOutput)
+    builder.add_node("open_query", shown_errors(open_query), input_schema=QueryState)
+    builder.add_node("publish", shown_errors(publish))
+    _add_loop(builder, "publish", shown_errors)
+    builder.add_edge(START, "open_query")
+    builder.add_edge("open_query", "draft")
+    builder.add_edge("publish", END)
     return builder.compile(checkpointer=checkpointer, name="redraft")

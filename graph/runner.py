@@ -20,14 +20,15 @@ from redraft.graph.checkpointer import Persistence
 from redraft.graph.clock import order_after
 from redraft.graph.companions import Companion, get_companion
 from redraft.graph.database import is_driver_error, storage_error
+from redraft.graph.opening import MAX_LOOPS, check_text, open_input
+from redraft.graph.opening import may_start as _may_start
 from redraft.graph.state import phase_of
 from redraft.graph.view import RunEnd, describe, pending_gate
 from redraft.nodes.context import RedraftContext
 from redraft.nodes.gate import answer_for, validate_decision
-from redraft.nodes.model import ModelProvider, effective_sampling
+from redraft.nodes.model import ModelProvider
 from redraft.settings import Settings
 
-MAX_LOOPS = 1000
 # supersteps of the longest allowed run (input, draft, 2 per loop), set explicitly rather than relying on
 # LangGraph's environment-tunable default
 RECURSION_LIMIT = 2 * MAX_LOOPS + 10
@@ -48,32 +49,6 @@ def _with_total(on_step: StepCallback | None, total: int) -> StepCallback | None
         await on_step({**event, "total": total})
 
     return step
-
-
-def _same_query(state: dict, graph_input: dict) -> bool:
-    """Whether ``graph_input`` opens exactly the current slot again: same query, companion, sampling and settings."""
-    slot, opened = (state.get("run_log") or [None])[-1], graph_input["run_log"][0]
-    keys = ("query", "variant", "sampling")
-    return (
-        slot is not None
-        and all(slot[k] == opened[k] for k in keys)
-        and state.get("run_config") == graph_input["run_config"]
-    )
-
-
-def _may_start(state: dict, graph_input: dict, doing: str) -> bool:
-    """Whether a new query may start on the thread now; True when it is the current query again, whose draft was never
-    written (a failed draft call retried as is). A different query replaces a query whose draft was never written
-    (a draft the model refused, say with context_overflow); a query with a draft must be finished first."""
-    phase = phase_of(state)
-    if phase in ("empty", "done"):
-        return False
-    if phase == "needs_draft":
-        return _same_query(state, graph_input)
-    raise PhaseError(
-        f"The current query is not finished (phase {phase!r}); finish it with refine or resume (or end the session) "
-        f"before {doing}."
-    )
 
 
 class Runner:
@@ -107,17 +82,7 @@ class Runner:
         return snap
 
     def check_text(self, text: str | None, what: str, limit: int) -> str:
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInputError(f"The {what} must be a non-empty string.")
-        if len(text) > limit:
-            raise InvalidInputError(f"The {what} is {len(text)} characters; the limit is {limit}.")
-        if "\x00" in text:
-            raise InvalidInputError(f"The {what} contains a NUL character.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInputError(f"The {what} is not valid Unicode (it contains a lone surrogate).") from None
-        return text.strip()
+        return check_text(text, what, limit)
 
     def open_input(
         self,
@@ -127,28 +92,7 @@ class Runner:
         similarity_threshold: float | None = None,
         max_loops: int | None = None,
     ) -> dict:
-        query = self.check_text(query, "query", self.settings.max_query_chars)
-        threshold = companion.similarity_threshold if similarity_threshold is None else similarity_threshold
-        loops = companion.max_loops if max_loops is None else max_loops
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-            raise InvalidInputError(f"similarity_threshold must be between 0 and 1, got {threshold!r}.")
-        if isinstance(loops, bool) or not isinstance(loops, int) or not 1 <= loops <= MAX_LOOPS:
-            raise InvalidInputError(f"max_loops must be an integer from 1 to {MAX_LOOPS}, got {loops!r}.")
-        try:
-            effective = effective_sampling(self.settings, companion, sampling)
-        except RedraftError as exc:
-            raise InvalidInputError(exc.message) from None
-        return {
-            # "slot" is filled in under the thread lock, once the current run_log length is known
-            "run_log": [{"op": "open", "slot": None, "query": query, "variant": companion.name, "sampling": effective}],
-            "run_config": {
-                "companion": companion.name,
-                "similarity_threshold": float(threshold),
-                "max_loops": loops,
-                "clear_history": companion.clear_history,
-                "mode": companion.mode,
-            },
-        }
+        return open_input(self.settings, companion, query, sampling, similarity_threshold, max_loops)
 
     async def _run(
         self,

@@ -16,9 +16,13 @@ The phase of a slot is read from its array lengths, never stored.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from langgraph.channels.delta import DeltaChannel
+
+# typing_extensions' TypedDict, not typing's: pydantic (behind LangGraph Studio's schemas) refuses typing.TypedDict
+# below Python 3.12.
+from typing_extensions import TypedDict
 
 # Full snapshots of a delta channel cost a copy of everything it holds; make them rare. At 50 refine loops a slot
 # sees ~102 run_log updates, so no snapshot is written; replay depth stays bounded for very long threads.
@@ -46,7 +50,13 @@ def apply_run_log_events(slots: list[Slot], writes: Sequence[Any]) -> list[Slot]
     fresh: set[int] = set()  # slots already copied in this call: mutate those copies in place
     for write in writes:
         for event in write if isinstance(write, list) else [write]:
-            op = event["op"]
+            try:
+                op = event["op"]
+            except (KeyError, TypeError):
+                raise ValueError(
+                    "run_log takes events such as {'op': 'edit_revision', 'slot': 0, 'n': 1, 'text': ...}, not whole "
+                    f"slots: got {str(event)[:80]!r}"
+                ) from None
             if op == "open":
                 fresh.add(len(slots))
                 slots.append(

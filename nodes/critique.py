@@ -32,7 +32,7 @@ def finish(state: RedraftState, stop_reason: str, scores: list[float], note: str
 
 
 async def critique(state: RedraftState, runtime: Runtime) -> dict:
-    ctx = context_of(runtime)
+    ctx = context_of(runtime, state)
     if phase_of(state) != "ready_to_critique":
         raise PhaseError(f"Nothing to critique: the current query is in phase {phase_of(state)!r}.")
     index = len(state["run_log"]) - 1

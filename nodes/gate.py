@@ -68,4 +68,12 @@ def gate(ctx: Any, gate_name: str, payload: dict) -> dict:
         return answer["decision"]
     if not ctx.stepwise:
         return dict(APPROVE)
-    return validate_decision(gate_name, interrupt({"gate": gate_name, **payload}))
+    question = {"gate": gate_name, **payload}
+    while True:
+        # A resume value LangGraph hands back is the one saved for this interrupt on every later attempt, so a bad one
+        # (a LangGraph Studio user's typo) is answered with the same gate again, and its error, never a dead end.
+        value = interrupt(question)
+        try:
+            return validate_decision(gate_name, value)
+        except InvalidInputError as exc:
+            question = {"gate": gate_name, **payload, "error": exc.message}

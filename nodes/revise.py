@@ -15,7 +15,7 @@ from redraft.nodes.windows import revise_messages
 
 
 async def revise(state: RedraftState, runtime: Runtime) -> dict:
-    ctx = context_of(runtime)
+    ctx = context_of(runtime, state)
     if phase_of(state) != "needs_revision":
         raise PhaseError(f"Nothing to revise: the current query is in phase {phase_of(state)!r}.")
     index = len(state["run_log"]) - 1

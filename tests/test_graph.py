@@ -176,7 +176,8 @@ async def test_bad_run_arguments_are_clear_errors(runner):
 
 
 async def test_studio_graph_runs_with_default_context(stub, monkeypatch):
-    """The graph langgraph.json points at (graph/studio.py) runs with no context: settings come from REDRAFT_*."""
+    """The graph langgraph.json points at (graph/studio.py) runs a typed query with no context: settings come from
+    REDRAFT_*, and the output is the public one (tests/test_studio.py drives it under `langgraph dev`)."""
     from langgraph.checkpoint.memory import InMemorySaver
 
     from redraft.graph import studio
@@ -188,30 +189,13 @@ async def test_studio_graph_runs_with_default_context(stub, monkeypatch):
     try:
         graph = studio.graph.copy(update={"checkpointer": InMemorySaver()})
         config = {"configurable": {"thread_id": "studio"}}
-        state = await graph.ainvoke(
-            {
-                "run_log": [
-                    {
-                        "op": "open",
-                        "slot": 0,
-                        "query": "From Studio.",
-                        "variant": "generic",
-                        "sampling": {"model": "stub-model"},
-                    }
-                ],
-                "run_config": {
-                    "companion": "generic",
-                    "similarity_threshold": 0.98,
-                    "max_loops": 5,
-                    "clear_history": False,
-                    "mode": "auto",
-                },
-            },
-            config,
-        )
+        state = await graph.ainvoke({"query": "From Studio."}, config)
+        full = (await graph.aget_state(config)).values
     finally:
         get_settings.cache_clear()
-    assert state["outcomes"][-1]["stop_reason"] == "converged"
+    assert state["stop_reason"] == "converged" and state["iterations"] == 3
+    assert state["answer"] == state["run_log"][0]["revision"][-1]
+    assert full["outcomes"][-1]["stop_reason"] == "converged"
     assert len(state["run_log"][0]["revision"]) == 3
 
 
