@@ -2,7 +2,8 @@
 model: SIGTERM the replica running a background run in the middle of a step. While it drains, /readyz answers 503
 and a new call gets the retryable `draining` error; a foreground refine in progress answers `draining` after its
 step. The step in flight is committed, the replica exits 0, and the other replica resumes the run within 1 s of the
-exit (not after the 10 s lease or Docket's redelivery timeout): no step lost, none run twice."""
+exit (not after the 10 s lease or Docket's redelivery timeout), a start_refine run and an MCP task alike: no step
+lost, none run twice."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import time
 
 import httpx
 import mcp
+from fastmcp_tasks.client_models import ClientCreateTaskResult
 
 from tests.servers import HttpServer, server_env
 from tests.test_runs_replicas import _linear_once, call, wait_for
+from tests.test_tasks import TasksOptIn, poll
 
-LOOPS = 3
-LATENCY_MS = 700
+LOOPS = 8
+SLOW_MS = 4000  # per model reply while the second replica starts: the runs cannot finish before it is up
+LATENCY_MS = 600  # per model reply around the signal
 
 
 async def _exit_code(server: HttpServer, within: float) -> int:
@@ -28,90 +32,109 @@ async def _exit_code(server: HttpServer, within: float) -> int:
     return server.proc.returncode
 
 
-async def test_sigterm_drains_the_step_in_flight_and_the_other_replica_resumes_within_1s(
+async def _moved(client: mcp.Client, run_id: str, to: HttpServer, when: list[float]) -> None:
+    """Note when replica ``to`` claims the run (its second attempt), as seen through that replica."""
+    while True:
+        seen = await call(client, "run_status", run_id=run_id)
+        if seen["attempts"] >= 2 and seen["worker"].endswith(f":{to.proc.pid}"):
+            when.append(time.monotonic())
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_sigterm_drains_the_steps_in_flight_and_the_other_replica_resumes_within_1s(
     pg_url, redis_url, stub, tmp_path
 ):
-    stub.configure(latency_ms=LATENCY_MS, changes=[12])
-    env = server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url, REDRAFT_LEASE_TTL_SECONDS="10")
-    servers = [HttpServer(env, log=tmp_path / f"{n}.log") for n in "ab"]
+    stub.configure(latency_ms=SLOW_MS, changes=[12])
+    env = server_env(
+        pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url, REDRAFT_LEASE_TTL_SECONDS="10", REDRAFT_DRAIN_SECONDS="60"
+    )
+    # the replica to drain starts alone, so its worker takes both background runs
     t0 = time.monotonic()
-    await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
-    started = time.monotonic() - t0
+    draining = HttpServer(env, log=tmp_path / "draining.log").start()
+    up = [time.monotonic() - t0]
+    other = HttpServer(env, log=tmp_path / "other.log")
+    args = {"query": "Drain me.", "max_loops": LOOPS, "similarity_threshold": 1.0}
     try:
-        async with mcp.Client(servers[0].url, read_timeout_seconds=10) as client:
-            sid = (await call(client, "create_session"))["session_id"]
-            run = await call(
-                client, "start_refine", session_id=sid, query="Drain me.", max_loops=LOOPS, similarity_threshold=1.0
-            )
-            for _ in range(400):
-                view = await call(client, "run_status", run_id=run["run_id"])
-                if view["steps"] >= 2:
-                    break
-                await asyncio.sleep(0.02)
-        running = next(s for s in servers if view["worker"].endswith(f":{s.proc.pid}"))
-        other = next(s for s in servers if s is not running)
-        base = f"http://127.0.0.1:{running.port}"
-        resumed: list[float] = []
-
-        async def watch(on_o: mcp.Client) -> None:
-            """When the other replica claims the run (its second attempt), as seen through that replica."""
-            while True:
-                seen = await call(on_o, "run_status", run_id=run["run_id"])
-                if seen["attempts"] >= 2 and seen["worker"].endswith(f":{other.proc.pid}"):
-                    resumed.append(time.monotonic())
-                    return
-                await asyncio.sleep(0.02)
-
+        async with mcp.Client(draining.url, read_timeout_seconds=10, extensions=[TasksOptIn()]) as on_d:
+            sid = (await call(on_d, "create_session"))["session_id"]
+            run = await call(on_d, "start_refine", session_id=sid, **args)
+            task_sid = (await call(on_d, "create_session"))["session_id"]
+            task = await on_d.session.call_tool("refine", {"session_id": task_sid, **args}, allow_claimed=True)
+            assert isinstance(task, ClientCreateTaskResult)
+        t0 = time.monotonic()
+        await asyncio.to_thread(other.start)
+        up.append(time.monotonic() - t0)
+        base = f"http://127.0.0.1:{draining.port}"
+        moved: dict[str, list[float]] = {run["run_id"]: [], task.task_id: []}
         async with (
             httpx.AsyncClient(timeout=5) as http,
-            mcp.Client(running.url, read_timeout_seconds=10) as on_r,
-            mcp.Client(other.url, read_timeout_seconds=10) as on_o,
+            mcp.Client(draining.url, read_timeout_seconds=10) as on_d,
+            mcp.Client(other.url, read_timeout_seconds=10, extensions=[TasksOptIn()]) as on_o,
         ):
+            stub.configure(latency_ms=LATENCY_MS)
+            before = {}
+            for run_id in moved:
+                view = await call(on_o, "run_status", run_id=run_id)
+                assert view["status"] == "running" and view["worker"].endswith(f":{draining.proc.pid}"), view
+                before[run_id] = view["steps"]
+            for run_id in moved:  # the slow replies in flight are over: each run is on a short one now
+                for _ in range(400):
+                    if (await call(on_o, "run_status", run_id=run_id))["steps"] > before[run_id]:
+                        break
+                    await asyncio.sleep(0.05)
             readyz = (await http.get(f"{base}/readyz")).status_code
             # a foreground refine on the same replica, mid step when the signal comes
-            fg_sid = (await call(on_r, "create_session"))["session_id"]
+            fg_sid = (await call(on_d, "create_session"))["session_id"]
             foreground = asyncio.ensure_future(
-                on_r.call_tool(
-                    "refine",
-                    {"session_id": fg_sid, "query": "Foreground.", "max_loops": 5, "similarity_threshold": 1.0},
-                )
+                on_d.call_tool("refine", {"session_id": fg_sid, "query": "Foreground.", "max_loops": 5})
             )
-            await asyncio.sleep(LATENCY_MS / 2000)  # the run and the refine are both mid model call
-            steps_at_signal = (await call(on_r, "run_status", run_id=run["run_id"]))["steps"]
-            running.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(LATENCY_MS / 2000)  # every run is in the middle of a model call
+            draining.proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            watcher = asyncio.ensure_future(watch(on_o))
+            watchers = [asyncio.ensure_future(_moved(on_o, run_id, other, when)) for run_id, when in moved.items()]
             await asyncio.sleep(0.1)
-            refused = await on_r.call_tool("create_session", {})
+            refused = await on_d.call_tool("create_session", {})
             ready_while_draining = (await http.get(f"{base}/readyz")).status_code if readyz != 404 else None
             answered = await asyncio.wait_for(foreground, 15)
-            code = await _exit_code(running, within=20)
+            code = await _exit_code(draining, within=20)
             exited = time.monotonic()
-            await asyncio.wait_for(watcher, 15)
+            await asyncio.wait_for(asyncio.gather(*watchers), 15)
+            stub.configure(latency_ms=0)  # the rest of both runs, quickly
             final = await wait_for(on_o, run["run_id"], within=60)
+            finished_task, _ = await poll(on_o, task.task_id, within=60)
+            task_run = await call(on_o, "run_status", run_id=task.task_id)
             history = await call(on_o, "history", session_id=sid, limit=100)
+            task_history = await call(on_o, "history", session_id=task_sid, limit=100)
             fg_status = await call(on_o, "status", session_id=fg_sid)
     finally:
-        for server in servers:
-            server.stop()
+        draining.stop()
+        other.stop()
+    resumed = {run_id: when[0] for run_id, when in moved.items()}
     print(
-        f"drain: replicas up in {started:.1f} s; exited {exited - signalled:.2f} s after SIGTERM (code {code}); the "
-        f"other replica resumed the run {resumed[0] - signalled:.2f} s after SIGTERM ({resumed[0] - exited:+.2f} s "
-        "from the exit)"
+        f"drain: replicas up in {up[0]:.1f} s and {up[1]:.1f} s; the runs finished {time.monotonic() - exited:.1f} s "
+        f"after the exit; exited {exited - signalled:.2f} s after SIGTERM (code {code}); the other replica resumed the "
+        f"start_refine run {resumed[run['run_id']] - signalled:.2f} s and the MCP task "
+        f"{resumed[task.task_id] - signalled:.2f} s after SIGTERM"
     )
     assert code == 0
-    assert exited - signalled < 10  # the step in flight finished: no wait for the 30 s drain deadline
+    assert exited - signalled < 30  # the steps in flight finished: no wait for the 60 s drain deadline
     assert refused.is_error and "draining" in refused.content[0].text and "retryable" in refused.content[0].text
     if readyz != 404:  # /readyz (server/ops.py): ready before, 503 while draining
         assert readyz == 200 and ready_while_draining == 503
     assert answered.is_error and answered.content[0].text.startswith("draining:"), answered.content
     assert "retryable" in answered.content[0].text
-    assert fg_status["phase"] != "empty" and fg_status["slot"]["draft"]  # its step in flight was kept
-    assert resumed[0] - exited < 1.0, (resumed, exited)
+    assert fg_status["slot"]["draft"]  # the foreground refine's step in flight was kept
+    for when in resumed.values():
+        assert when - exited < 1.0, (resumed, exited)
     assert final["status"] == "succeeded" and final["attempts"] == 2, final
-    assert final["steps"] == 1 + 2 * LOOPS and final["steps"] > steps_at_signal
-    _linear_once(history, LOOPS)  # every step once, one branch: the step in flight at SIGTERM was not lost
-    assert len(stub.prompts("draft")) == 2  # the run's and the foreground refine's: neither opened again
+    assert finished_task.status == "completed" and task_run["status"] == "succeeded" and task_run["attempts"] == 2
+    for steps in (final["steps"], task_run["steps"]):
+        assert steps == 1 + 2 * LOOPS
+    # every step once, one branch: the steps in flight at SIGTERM were committed, none was run again
+    _linear_once(history, LOOPS)
+    _linear_once(task_history, LOOPS)
+    assert len(stub.requests) == 2 * (1 + 2 * LOOPS) + 1  # the two runs' steps and the foreground draft, once each
 
 
 async def test_a_step_still_running_at_the_deadline_is_cut_its_lease_released_and_the_call_answers_draining(
