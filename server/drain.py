@@ -77,7 +77,8 @@ def requeue_now() -> Exception:
 
 async def requeue_task_leg(server) -> None:
     """For an MCP task body that stopped for the drain: queue the task's next leg (the same tool call again, as
-    ``tasks/update`` does after an answer), so another worker continues the task; this leg then ends quietly."""
+    ``tasks/update`` does after an answer), so another worker continues the task; this leg then ends quietly. Mirrors
+    ``fastmcp_tasks.handlers.tasks_update`` with the internals of the pinned fastmcp-tasks 4.1.4."""
     from fastmcp_tasks.context import get_task_context
     from fastmcp_tasks.creation import enqueue_task_leg, registered_component_for_key
     from fastmcp_tasks.handlers import _lookup_task, _task_key_ttl_seconds
