@@ -41,6 +41,8 @@ def tracing():
     traces.enable(provider)
     yield EXPORTER
     traces.disable()
+    EXPORTER.clear()
+    EXPORTER.shutdown()  # later tests in this process keep no spans
 
 
 async def test_spans_for_tool_calls_steps_and_model_calls(tmp_path, stub, tracing):
