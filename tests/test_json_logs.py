@@ -77,6 +77,11 @@ async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
             await client.call_tool("refine", {"session_id": sid, "query": "log me", "max_loops": 1})
             with pytest.raises(ToolError, match=r"^wrong_phase: "):
                 await client.call_tool("revise", {"session_id": sid})
+            other = (await client.call_tool("create_session", {})).structured_content["session_id"]
+            run = await client.call_tool("start_refine", {"session_id": other, "query": "in the background"})
+            run_id = run.structured_content["run_id"]
+            waited = await client.call_tool("wait_run", {"run_id": run_id, "timeout_s": 30})
+            assert waited.structured_content["status"] == "succeeded", waited.structured_content
     finally:
         server.stop()  # a clean exit flushes the spans still batched
         collector.shutdown()
@@ -98,7 +103,11 @@ async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
     # the guard's own line for the refusal carries the code too
     assert any(r["code"] == "wrong_phase" and r["event"].startswith("revise: wrong_phase: ") for r in records)
 
-    steps = [r for r in records if r["logger"] == "redraft.steps"]
+    # a background run's lines name the run and its session (its steps run in a worker, outside any tool call)
+    in_run = [r for r in records if r["run"] == run_id]
+    assert {r["node"] for r in in_run if r["logger"] == "redraft.steps"} >= {"draft", "critique"}
+    assert all(r["session"] == other for r in in_run)
+    steps = [r for r in records if r["logger"] == "redraft.steps" and r["run"] is None]
     assert [r["node"] for r in steps] == ["draft", "critique", "revise"]  # max_loops=1
     assert all(r["session"] == sid and r["duration"] > 0 and r["tool"] == "refine" for r in steps)
     models = [r for r in records if r["logger"] == "redraft.model"]
