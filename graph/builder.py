@@ -13,7 +13,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from redraft.graph.public import QueryInput, QueryOutput, QueryState, open_query, publish, shown_errors
+from redraft.graph.public import QueryInput, QueryOutput, QueryState, after_open, open_query, publish, shown_errors
 from redraft.graph.state import RedraftState, outcome_for
 from redraft.nodes.context import PublicContext, RedraftContext
 from redraft.nodes.critique import critique
@@ -64,6 +64,6 @@ def build_public_graph(checkpointer: BaseCheckpointSaver | None = None) -> Compi
     builder.add_node("publish", shown_errors(publish))
     _add_loop(builder, "publish", shown_errors)
     builder.add_edge(START, "open_query")
-    builder.add_edge("open_query", "draft")
+    builder.add_conditional_edges("open_query", after_open, ["draft", "critique", "revise"])
     builder.add_edge("publish", END)
     return builder.compile(checkpointer=checkpointer, name="redraft")

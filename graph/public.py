@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Required
 
 from langgraph.channels.ephemeral_value import EphemeralValue
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 from pydantic import Field
 from typing_extensions import TypedDict
 
@@ -26,7 +27,7 @@ from redraft.errors import RedraftError, shown_by_agent_server
 from redraft.graph.companions import COMPANION_MAP
 from redraft.graph.convergence import STOP_REASONS
 from redraft.graph.opening import MAX_LOOPS, may_start, open_input
-from redraft.graph.state import RedraftState, Slot, outcome_for, scores_for, versions
+from redraft.graph.state import RedraftState, Slot, outcome_for, phase_of, scores_for, versions
 from redraft.nodes.context import RedraftContext, context_of, public_context
 
 CompanionName = Literal[tuple(COMPANION_MAP)]  # type: ignore[valid-type]
@@ -91,10 +92,24 @@ class QueryState(RedraftState, QueryInput, total=False):
 
 _CLEARED = {"answer": None, "stop_reason": None, "iterations": 0, "similarities": []}
 _FINISH_HINT = "answer its interrupt or let its run finish (or use a new thread)"
+_PENDING_STEP = {"ready_to_critique": "critique", "needs_revision": "revise"}
 
 
 async def open_query(state: QueryState, runtime: Runtime) -> dict:
     """Check the input and open a run_log slot for it (the same checks as redraft's own tools)."""
+    phase = phase_of(state)
+    if phase in _PENDING_STEP:
+        # The thread is mid-query (paused at a gate, or stopped by an error), so this input cannot start a query. By
+        # now LangGraph has put the input in place of the paused step: failing here would leave the thread stuck at
+        # an input that always fails. Say so instead, and once resumed go back to the pending step (``after_open``).
+        interrupt(
+            {
+                "error": f"The current query is not finished (phase {phase!r}), so this query was not started. "
+                "Resume (with any value) to go back to the current one; start a new query on another thread.",
+                "query": state.get("query"),
+            }
+        )
+        return {}
     ctx = context_of(runtime, state)
     sampling = {} if isinstance(runtime.context, RedraftContext) else public_context(runtime.context).sampling()
     companion = ctx.companion(state.get("companion") or ctx.settings.default_companion)
@@ -111,6 +126,11 @@ async def open_query(state: QueryState, runtime: Runtime) -> dict:
         return dict(_CLEARED)  # the same query again, whose draft failed: draft it now
     graph_input["run_log"][0]["slot"] = len(state.get("run_log") or [])
     return {**graph_input, **_CLEARED}
+
+
+async def after_open(state: RedraftState) -> str:
+    """draft, or the step a thread that was mid-query goes back to."""
+    return _PENDING_STEP.get(phase_of(state), "draft")
 
 
 async def publish(state: RedraftState, runtime: Runtime) -> dict:

@@ -212,6 +212,15 @@ async def test_step_mode_stops_at_the_gates_and_resumes(client, stub):
     assert (gate["gate"], gate["slot"], gate["round"]) == ("critique", 0, 1) and gate["text"]
     assert stub.prompts("critique") == []
 
+    # a new query while one is paused is not started, and says so; resuming goes back to the gate
+    await client.runs.wait(thread, "redraft", input={"query": "Something else."})
+    (notice,) = (await client.threads.get_state(thread))["tasks"][0]["interrupts"]
+    assert "not finished" in notice["value"]["error"] and notice["value"]["query"] == "Something else."
+    await client.runs.wait(thread, "redraft", command={"resume": "ok"})
+    state = await client.threads.get_state(thread)
+    assert state["next"] == ["critique"] and state["tasks"][0]["interrupts"][0]["value"] == gate
+    assert len(state["values"]["run_log"]) == 1
+
     await client.runs.wait(thread, "redraft", command={"resume": "yes please"})
     again = (await client.threads.get_state(thread))["tasks"][0]["interrupts"]
     assert again[0]["value"]["gate"] == "critique" and "approve, replace" in again[0]["value"]["error"]
