@@ -6,14 +6,17 @@ are checked in-process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 
 import httpx
 import pytest
 
-from redraft.observability.health import Readiness, RedisProbe
+from redraft.graph.checkpointer import open_persistence
+from redraft.observability.health import Readiness, RedisProbe, build_readiness
 from tests.clients import PlainClient as Client
+from tests.conftest import fresh_database, make_settings
 from tests.pgproxy import PgProxy
 from tests.servers import free_port, http_server, server_env
 
@@ -142,3 +145,28 @@ async def test_readiness_checks_redis_and_draining(redis_server):
         assert "127.0.0.1" not in str(body)
     finally:
         await nobody.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "memory"])
+async def test_readiness_sees_a_schema_that_is_not_migrated(backend, tmp_path, stub, request):
+    """Each backend's database and migrations checks, in-process: ready on a set-up database; not ready, naming
+    ``migrations``, once one of redraft's tables is gone."""
+    with contextlib.ExitStack() as stack:
+        if backend == "postgres":
+            url = stack.enter_context(fresh_database(request.getfixturevalue("pg_admin_url")))
+        else:
+            url = "memory" if backend == "memory" else str(tmp_path / "ready.sqlite")
+        settings = make_settings(url, stub)
+        async with open_persistence(settings) as persistence:
+            readiness = build_readiness(persistence, settings, lambda: False)
+            try:
+                ready, body = await readiness.check()
+                assert ready, body
+                await persistence.db.execute("DROP TABLE redraft_stats")
+                readiness._last = None  # the next probe checks again instead of sharing the last round
+                ready, body = await readiness.check()
+                assert not ready and body["checks"]["database"]["ok"] is True
+                migrations = body["checks"]["migrations"]
+                assert migrations["ok"] is False and migrations["error"] == "not_applied"
+            finally:
+                await readiness.close()

@@ -63,6 +63,19 @@ async def test_metrics_move_by_what_a_refine_did(pg_url, stub):
             with pytest.raises(ToolError):
                 await client.call_tool("no_such_tool", {"session_id": sid})
         after = await scrape(http)
+
+        # database-wide gauges at scrape time: one background run running (its draft stalls for a while)
+        stub.fail({"sleep": 3, "node": "draft"})
+        async with Client(server.url, auth=TOKEN) as client:
+            other = (await client.call_tool("create_session", {})).structured_content["session_id"]
+            await client.call_tool("start_refine", {"session_id": other, "query": "a background run"})
+            for _ in range(50):
+                running = await scrape(http)
+                if running[("redraft_runs_active", ())] == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert running[("redraft_runs_active", ())] == 1 and running[("redraft_run_queue_depth", ())] == 0
+            assert running[("redraft_sessions_active", ())] == 2
         await http.aclose()
 
     d = lambda name, **labels: delta(after, before, name, **labels)  # noqa: E731
