@@ -28,6 +28,7 @@ from typing import Any
 from redraft.errors import InvalidInputError, SessionBusyError
 from redraft.graph.companions import COMPANION_MAP
 from redraft.graph.database import TOMBSTONE, Database
+from redraft.graph.runner import thread_id_for
 
 BATCH = 100  # sessions or threads looked at per query
 PAUSE_S = 0.005  # between batches: other work gets the database between them
@@ -48,11 +49,12 @@ def parse_age(text: str) -> float:
 
 
 def threads_of(session_id: str) -> list[str]:
-    """A session's threads: one per companion type (``graph.runner.thread_id_for``)."""
-    return [f"{session_id}:{companion}" for companion in COMPANION_MAP]
+    """A session's threads: one per companion type."""
+    return [thread_id_for(session_id, companion) for companion in COMPANION_MAP]
 
 
 def session_of(thread_id: str) -> str | None:
+    """The session a thread id names (``thread_id_for``'s ``<session>:<companion>``), if it names one."""
     return thread_id.rsplit(":", 1)[0] if ":" in thread_id else None
 
 
