@@ -314,3 +314,39 @@ def test_gitignore_covers_the_servers_state():
         ["git", "check-ignore", ".langgraph_api/.langgraph_checkpoint.1.pckl"], cwd=ROOT, capture_output=True
     )
     assert ignored.returncode == 0, ".langgraph_api/ must be ignored by git"
+
+
+async def test_labels_continue_from_stored_metadata_after_a_restart(stub, monkeypatch):
+    """A server restarted mid-thread (its saver wrapper's memory gone) labels a checkpoint its step wrote no run_log
+    event for from the parent's stored metadata; in process, over LangGraph's own saver."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from redraft.graph import studio
+    from redraft.settings import get_settings
+
+    monkeypatch.setenv("REDRAFT_BASE_URL", stub.base_url)
+    monkeypatch.setenv("REDRAFT_MODEL", "stub-model")
+    get_settings.cache_clear()
+    saver, config = InMemorySaver(), {"configurable": {"thread_id": "labels"}}
+    query = {"query": "Label me.", "max_loops": 2, "similarity_threshold": 1.0}
+    try:
+        first = studio.graph.copy(update={"checkpointer": saver})
+        await first.ainvoke(query, config, interrupt_before=["publish"])
+        studio._LABELLERS.clear()  # a new process: nothing remembered
+        second = studio.graph.copy(update={"checkpointer": saver})
+        assert second.checkpointer is not first.checkpointer
+        out = await second.ainvoke(None, config)  # publish: no run_log event, the labels come from the parent
+        history = [h async for h in second.aget_state_history(config)]
+    finally:
+        get_settings.cache_clear()
+    assert out["stop_reason"] == "max_loops"
+    labels = [(h.metadata["phase"], h.metadata["slot"], h.metadata["iteration"]) for h in reversed(history)]
+    assert labels[2:] == [
+        ("needs_draft", 0, 0),
+        ("ready_to_critique", 0, 0),
+        ("needs_revision", 0, 0),
+        ("ready_to_critique", 0, 1),
+        ("needs_revision", 0, 1),
+        ("done", 0, 2),  # the first process stopped here, before publish
+        ("done", 0, 2),
+    ]
