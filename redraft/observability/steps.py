@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redraft.errors import RedraftError
 from redraft.observability import logs, metrics, traces
 
 log = logging.getLogger("redraft.steps")
@@ -26,8 +27,7 @@ def outcome_of(exc: BaseException) -> str:
     name = type(exc).__name__
     if name in ("GraphInterrupt", "NodeInterrupt", "ParentCommand"):
         return "interrupted"
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 40 else "error"
+    return exc.code if isinstance(exc, RedraftError) else "error"  # a bounded set of codes (redraft/errors.py)
 
 
 def observed_node(name: str, node: Node) -> Node:
