@@ -25,7 +25,8 @@ from redraft.graph.bus import Bus
 from redraft.graph.database import OWNER
 from redraft.graph.multitask import close_current_query, rollback_to
 from redraft.graph.runner import Runner
-from redraft.graph.runs import CANCEL_NOW, FINISHED, STOP_AT_BOUNDARY, RunStore, run_view
+from redraft.graph.runprogress import CancelledAtBoundary, Progress, StopAtBoundary, head_checkpoint_id
+from redraft.graph.runs import CANCEL_NOW, FINISHED, RunStore, run_view
 from redraft.graph.view import pending_gate
 from redraft.observability import logs
 
@@ -33,40 +34,8 @@ log = logging.getLogger("redraft.runs")
 
 __all__ = ["execute_run", "head_checkpoint_id", "run_view"]
 
-TOKEN_EVENT_INTERVAL = 0.25  # seconds between "tokens so far" events within a step
 QUEUE_POLL_INTERVAL = 0.1  # seconds between looks at an earlier run on the thread (enqueue)
 LEASE_RETRIES = 3  # times a run continues after losing its step lease to slowness (nothing of that step committed)
-
-
-class StopAtBoundary(Exception):
-    """A newer run asked this one to stop at its next step boundary (multitask_strategy="interrupt")."""
-
-
-class CancelledAtBoundary(Exception):
-    """The run was cancelled and this worker noticed at a step boundary (a backstop to the task cancellation)."""
-
-
-async def head_checkpoint_id(runner: Runner, thread_id: str) -> str:
-    """The id of the thread's newest checkpoint ("" if none), read without loading the checkpoint."""
-    persistence = runner.persistence
-    if persistence.kind == "memory":
-        return max(persistence.saver.storage.get(thread_id, {}).get("", {}) or [""])
-    row = await persistence.db.fetchone(
-        "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = '' "
-        "ORDER BY checkpoint_id DESC LIMIT 1",
-        (thread_id,),
-    )
-    return row["checkpoint_id"] if row else ""
-
-
-def _phase_after(node: str | None, update: Any) -> str | None:
-    """The thread's phase after a step of ``node`` wrote ``update`` (no state read needed)."""
-    closed = isinstance(update, dict) and bool(update.get("outcomes"))
-    return {
-        "draft": "ready_to_critique",
-        "critique": "done" if closed else "needs_revision",
-        "revise": "done" if closed else "ready_to_critique",
-    }.get(node or "")
 
 
 async def _wait_for_earlier_runs(store: RunStore, run: dict) -> None:
@@ -172,7 +141,7 @@ async def _steps(
     # the phase is the run's own until its first step reports one (run_view falls back to the record's)
     await bus.publish(run_id, {"type": "status", "status": "running", "phase": None, "worker": worker})
 
-    progress = _Progress(runner, store, bus, run_id, thread_id, run)
+    progress = Progress(runner, store, bus, run_id, thread_id, run)
     conflict_until = time.monotonic() + runner.persistence.db.lease_ttl + 2.0
     lease_retries = LEASE_RETRIES
     while True:
@@ -280,7 +249,7 @@ def _conflict_message() -> str:
     return "Another step is running on this thread; retry when it has finished."
 
 
-async def _call(runner: Runner, run: dict, started_here: bool, decision: dict | None, progress: _Progress) -> dict:
+async def _call(runner: Runner, run: dict, started_here: bool, decision: dict | None, progress: Progress) -> dict:
     """The one runner call for this attempt: open the run's work if nothing was committed yet, else continue it."""
     thread_id, request = run["thread_id"], run["request"] or {}
     if started_here:
@@ -335,81 +304,3 @@ async def _finish_cancelled(store: RunStore, bus: Bus, run: dict) -> None:
         error_code="cancelled",
         error_message="Cancelled; the thread stays at its last checkpoint (resume continues it).",
     )
-
-
-class _Progress:
-    """The run's step and token callbacks: record progress, publish it, and honour a cancel or stop request."""
-
-    def __init__(self, runner: Runner, store: RunStore, bus: Bus, run_id: str, thread_id: str, run: dict) -> None:
-        self.runner, self.store, self.bus = runner, store, bus
-        self.run_id, self.thread_id = run_id, thread_id
-        self.steps = run.get("steps") or 0
-        self.loop = run.get("loop") or 0
-        self.tokens = run.get("tokens") or 0
-        self.first = run.get("first_checkpoint")
-        self.last_event = 0.0
-        self.phase: str | None = None
-
-    async def step(self, event: dict) -> None:
-        """After each committed step: record loop, similarity, checkpoint; publish; stop if asked to."""
-        node, update = event.get("node"), event.get("update") or {}
-        self.steps += 1
-        if node == "revise":
-            self.loop += 1
-        similarity = None
-        for score in (update.get("scores") or []) if isinstance(update, dict) else []:
-            if isinstance(score, dict) and score.get("similarity") is not None:
-                similarity = float(score["similarity"])
-        head = await head_checkpoint_id(self.runner, self.thread_id)
-        self.first = self.first or head
-        self.phase = _phase_after(node, update)
-        total = event.get("total")
-        message = f"step {self.steps}{f'/{total}' if total else ''}: {node} done"
-        fields: dict[str, Any] = {
-            "steps": self.steps,
-            "loop": self.loop,
-            "tokens": self.tokens,
-            "last_checkpoint": head,
-            "first_checkpoint": self.first,
-            "progress_message": message,
-            "phase": self.phase,
-        }
-        if similarity is not None:
-            fields["last_similarity"] = similarity
-        cancel = await self.store.progress(self.run_id, **fields)
-        await self.bus.publish(
-            self.run_id,
-            {
-                "type": "step",
-                "node": node,
-                "steps": self.steps,
-                "total": total,
-                "loop": self.loop,
-                "similarity": similarity,
-                "tokens": self.tokens,
-                "phase": self.phase,
-                "checkpoint_id": head,
-                "message": message,
-            },
-        )
-        if cancel == CANCEL_NOW:
-            raise CancelledAtBoundary()
-        if cancel == STOP_AT_BOUNDARY:
-            raise StopAtBoundary()
-
-    async def token(self, node: str, content: Any) -> None:
-        """Within a step: count streamed chunks and publish "tokens so far" a few times a second."""
-        self.tokens += 1
-        now = time.monotonic()
-        if now - self.last_event >= TOKEN_EVENT_INTERVAL:
-            self.last_event = now
-            await self.bus.publish(
-                self.run_id,
-                {
-                    "type": "tokens",
-                    "node": node,
-                    "tokens": self.tokens,
-                    "phase": self.phase,
-                    "message": f"{node}: {self.tokens} tokens so far",
-                },
-            )
