@@ -1,5 +1,5 @@
 """The standard model settings: ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` are fallbacks for ``REDRAFT_API_KEY`` and
-``REDRAFT_BASE_URL`` (which win when set), shown masked by a real ``redraft config`` and used by a real ``redraft run``
+``REDRAFT_BASE_URL`` (which win when set), shown masked by a real ``redraft config`` and used by a real refine
 against the stub."""
 
 from __future__ import annotations
@@ -50,9 +50,19 @@ def test_redraft_settings_win_over_the_openai_ones(monkeypatch):
     assert kw.base_url == "http://127.0.0.1:9/v1" and kw.api_key.get_secret_value() == "sk-kw"
 
 
-async def test_a_run_reaches_the_model_through_openai_base_url_with_openai_api_key(tmp_path, stub):
-    env = openai_env(tmp_path, OPENAI_BASE_URL=stub.base_url, OPENAI_API_KEY="sk-openai-run-key")
-    result = json.loads(await cli("run", "Explain fsync.", "--json", env=env))
+async def test_a_run_reaches_the_model_through_openai_base_url_with_openai_api_key(tmp_path, stub, monkeypatch):
+    """A real refine (in process, settings read from the environment) against the stub, found through
+    OPENAI_BASE_URL alone, sending OPENAI_API_KEY."""
+    from redraft.graph.checkpointer import open_persistence
+    from redraft.graph.runner import Runner
+
+    for name in ("REDRAFT_BASE_URL", "REDRAFT_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-run-key")
+    settings = load_settings(database_url=str(tmp_path / "run.sqlite"), model="stub-model", max_retries=0)
+    async with open_persistence(settings) as persistence:
+        result = await Runner(persistence, settings).refine("t-openai", "generic", "Explain fsync.")
     assert result["phase"] == "done" and result["stop_reason"] == "converged"
     assert stub.requests, "the run never reached the stub through OPENAI_BASE_URL"
     assert {r["authorization"] for r in stub.requests} == {"Bearer sk-openai-run-key"}
