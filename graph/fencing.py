@@ -12,7 +12,9 @@ transaction*, that the token is still the thread's current one:
   the database's write lock, so no other process can take the lease between check and commit.
 
 A replica that lost its lease therefore stops at its next write and commits nothing: a step is committed at most
-once. ``deadline`` bounds any database call, so a stalled network ends in a ``StorageError`` instead of a hang.
+once. While a step holds its lease, a task's pending writes are held back (``DEFERRED``) and go out with the next
+checkpoint, in its statement (graph/pgsaver.py): one commit per step; what is left when the lease ends is sent then.
+``deadline`` bounds any database call, so a stalled network ends in a ``StorageError`` instead of a hang.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ class Fence:
 
 
 FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("redraft_fence", default=None)
+
+
+class DeferredWrites:
+    """Pending writes of the steps run under one lease, not sent yet: batches of rows, and the saver that will send
+    them (the first one that held a batch back). A saver that does not defer never touches it."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+        self.saver = None
+
+    async def flush(self) -> None:
+        if self.batches and self.saver is not None:
+            await self.saver.send_deferred(self)
+
+
+DEFERRED: contextvars.ContextVar[DeferredWrites | None] = contextvars.ContextVar("redraft_deferred", default=None)
 
 
 def lease_lost(thread_id: str) -> LeaseLostError:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 from redraft.errors import LeaseLostError, RedraftError
 from redraft.graph.database import Database, Lease
-from redraft.graph.fencing import FENCE, Fence, lease_lost
+from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, Fence, lease_lost
 
 log = logging.getLogger("redraft.leases")
 
@@ -82,8 +82,14 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
     fence = FENCE.set(Fence(thread_id, lease.token)) if db.kind != "memory" else None
     beat = asyncio.create_task(heartbeat()) if db.kind != "memory" else None
     HELD[id(lease)] = (db, lease, task)
+    deferred = DeferredWrites()
+    held_back = DEFERRED.set(deferred)
     try:
-        yield lease
+        try:
+            yield lease
+        finally:
+            DEFERRED.reset(held_back)
+        await deferred.flush()  # writes no checkpoint took along (a run stopped at a gate): before the lease ends
     except asyncio.CancelledError:
         if lease.lost and task.uncancel() == 0:
             raise lease_lost(thread_id) from None
@@ -94,6 +100,9 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
     finally:
         running = False
         HELD.pop(id(lease), None)
+        if deferred.batches and not lease.lost:  # the block failed: still send what completed tasks wrote
+            with contextlib.suppress(Exception):
+                await deferred.flush()
         if fence is not None:
             FENCE.reset(fence)
         if beat is not None:  # (a renewal it left behind ends by its own statement timeout)

@@ -9,7 +9,12 @@ sends each write as a pipelined transaction: BEGIN, one statement per blob, the 
   checkpoint (or all of a task's pending writes) in one ``INSERT ... SELECT FROM unnest(...)`` -- so one round trip
   and one implicit transaction, with no BEGIN/COMMIT or pipeline sync;
 * while a step holds its lease (``FENCE``), the same statement first runs ``redraft_fence_check``
-  (``graph/fencing.py``): a statement is atomic, so a write whose lease was lost commits nothing.
+  (``graph/fencing.py``): a statement is atomic, so a write whose lease was lost commits nothing;
+* under a lease, a task's pending writes are held back (``DEFERRED``) and go out in the next checkpoint's statement:
+  one commit per durable step instead of two. What no checkpoint took along (a run stopped at a gate or by an error)
+  is sent when the lease ends, before it is released; a read under the lease sends it first. A crash in between
+  loses the writes of a step whose checkpoint was never committed -- the step in flight, which a resume runs again.
+  Outside a lease (``update_state`` from Studio, another process) writes go out at once, as with the stock saver.
 
 Reads, listing, deletes and copies are the stock saver's, on a pooled connection. It passes
 ``langgraph-checkpoint-conformance`` (tests/test_conformance.py), fenced and not.
@@ -28,7 +33,7 @@ from psycopg.types.json import Jsonb
 
 from redraft.errors import RedraftError
 from redraft.graph.database import is_driver_error, storage_error
-from redraft.graph.fencing import FENCE, deadline, is_lease_lost, lease_lost
+from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, deadline, is_lease_lost, lease_lost
 
 _FENCE_CTE = "fence AS (SELECT redraft_fence_check(%s, %s))"
 
@@ -45,13 +50,37 @@ SELECT %s, %s, %s, %s, %s, %s {source}
 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
 DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata"""
 
-_PUT_WRITES = """
-INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
-SELECT %s, %s, %s, %s, %s, u.idx, u.channel, u.type, u.blob
-FROM unnest(%s::int[], %s::text[], %s::text[], %s::bytea[]) AS u(idx, channel, type, blob) {source}
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {action}"""
+_WRITES_CTE = """{name} AS (
+    INSERT INTO checkpoint_writes
+        (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],
+                         %s::text[], %s::bytea[])
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {action}
+)"""
 
 _UPSERT = "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
+
+
+def _writes_ctes(batches: list[tuple[bool, list[tuple]]]) -> tuple[list[str], list]:
+    """CTEs inserting pending-write rows (thread, ns, checkpoint, task, path, idx, channel, type, blob), as the
+    stock saver would over its calls in order: a batch of special writes (upsert) replaces a row, any other batch
+    keeps the row already there. Rows are merged per key first, since one statement may touch a row only once."""
+    upserts: dict[tuple, tuple] = {}
+    inserts: dict[tuple, tuple] = {}
+    for upsert, rows in batches:
+        for row in rows:
+            key = (*row[:4], row[5])
+            if upsert:
+                upserts[key] = row
+                inserts.pop(key, None)
+            elif key not in upserts and key not in inserts:
+                inserts[key] = row
+    ctes, params = [], []
+    for name, rows, action in (("wu", upserts, _UPSERT), ("wi", inserts, "DO NOTHING")):
+        if rows:
+            ctes.append(_WRITES_CTE.format(name=name, action=action))
+            params += [list(column) for column in zip(*rows.values(), strict=True)]
+    return ctes, params
 
 
 class FencedPostgres:
@@ -102,11 +131,34 @@ class FencedPostgres:
         if fence is not None:
             ctes = [_FENCE_CTE, *ctes]
             params = [fence.thread_id, fence.token, *params]
-        text = ("WITH " + ", ".join(ctes) if ctes else "") + sql.replace(
+        text = ("WITH " + ",\n".join(ctes) if ctes else "") + sql.replace(
             "{source}", fenced_source if fence is not None else ""
         )
         async with self._connection("checkpoint write", fence) as conn:
             await conn.execute(text, params, binary=True)
+
+    async def send_deferred(self, deferred: DeferredWrites) -> None:
+        """Send the writes held back under a lease (graph/leases.py, graph/fencing.py ``DEFERRED``): one statement."""
+        batches, deferred.batches = deferred.batches, []
+        await self._send_writes(batches)
+
+    async def _send_writes(self, batches: list[tuple[bool, list[tuple]]]) -> None:
+        if batches:
+            ctes, params = _writes_ctes(batches)
+            await self._write("\nSELECT 1 {source}", ctes, params, "FROM fence")
+
+    async def aget_tuple(self, config):
+        deferred = DEFERRED.get()
+        if deferred is not None and deferred.batches:  # a read under the lease sees the step's own writes
+            await deferred.flush()
+        return await super().aget_tuple(config)
+
+    async def alist(self, config, **kwargs):
+        deferred = DEFERRED.get()
+        if deferred is not None and deferred.batches:
+            await deferred.flush()
+        async for item in super().alist(config, **kwargs):
+            yield item
 
     async def aput(self, config, checkpoint, metadata, new_versions) -> dict:
         configurable = config["configurable"]
@@ -122,7 +174,11 @@ class FencedPostgres:
                 values[k] = True
             elif v is not None and not isinstance(v, (str, int, float, bool)):
                 blob_values[k] = values.pop(k)
+        deferred = DEFERRED.get()
         ctes, params = [], []
+        if deferred is not None and deferred.batches and deferred.saver is self:  # the step's writes ride along
+            ctes, params = _writes_ctes(deferred.batches)
+            deferred.batches = []
         if blobs := self._dump_blobs(
             thread_id, checkpoint_ns, blob_values, {k: v for k, v in new_versions.items() if k in blob_values}
         ):
@@ -144,21 +200,16 @@ class FencedPostgres:
     async def aput_writes(self, config, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
         if not writes:
             return
-        upsert = all(w[0] in WRITES_IDX_MAP for w in writes)
         configurable = config["configurable"]
-        rows: dict[int, tuple] = {}
-        for idx, (channel, value) in enumerate(writes):
-            key = WRITES_IDX_MAP.get(channel, idx)
-            if upsert or key not in rows:  # one row per key in a statement: the last wins an upsert, the first else
-                rows[key] = (key, channel, *self.serde.dumps_typed(value))
-        columns = [list(column) for column in zip(*rows.values(), strict=True)]
-        params = [
-            configurable["thread_id"],
-            configurable.get("checkpoint_ns", ""),
-            configurable["checkpoint_id"],
-            task_id,
-            task_path,
-            *columns,
+        head = (configurable["thread_id"], configurable.get("checkpoint_ns", ""), configurable["checkpoint_id"])
+        rows = [
+            (*head, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value))
+            for idx, (channel, value) in enumerate(writes)
         ]
-        sql = _PUT_WRITES.replace("{action}", _UPSERT if upsert else "DO NOTHING")
-        await self._write(sql, [], params, "CROSS JOIN fence")
+        batch = (all(w[0] in WRITES_IDX_MAP for w in writes), rows)
+        deferred = DEFERRED.get()
+        if deferred is not None and deferred.saver in (None, self):  # under a lease: goes with the next checkpoint
+            deferred.saver = self
+            deferred.batches.append(batch)
+            return
+        await self._send_writes([batch])

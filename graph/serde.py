@@ -4,6 +4,10 @@ JSON-native values (dicts with string keys, lists, strings, numbers, booleans, N
 checkpoint rows can be read with ``psql``. The few LangGraph types that are not JSON (interrupts, delta snapshots) go
 through LangGraph's msgpack encoder in *strict* mode: only an explicit allow-list of types may be constructed on
 load. A ``pickle`` payload is refused outright, whatever wrote it.
+
+JSON payloads of ``ZSTD_MIN_BYTES`` or more (a revision, a critique, a delta-channel snapshot) are stored
+zstd-compressed (type ``json+zstd``): prose shrinks ~3-4x at level 3 for ~0.1 ms, which is what brings a thread's
+rows under the bytes of its text. Short values stay plain JSON, readable with ``psql``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import zstandard
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from redraft.errors import UnsafePayloadError
@@ -18,6 +23,14 @@ from redraft.observability.metrics import CHECKPOINT_BYTES
 
 # LangGraph's own plain types that appear in pending writes (human-in-the-loop interrupts, fan-out sends).
 ALLOWED_TYPES = [("langgraph.types", "Interrupt"), ("langgraph.types", "Send")]
+
+# measured on ~3 KB revisions: level 3 gives 0.27 of the size (levels 6-9: 0.26 at 3-7x the time); below ~512 bytes
+# the frame overhead eats most of the gain
+ZSTD_MIN_BYTES = 512
+ZSTD_LEVEL = 3
+ZSTD_MAX_OUTPUT = 256 * 1024 * 1024  # refuse to inflate a frame beyond this (a corrupt or hostile row)
+_compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
+_decompressor = zstandard.ZstdDecompressor()
 
 
 def _is_json_native(value: Any) -> bool:
@@ -47,8 +60,11 @@ class SafeSerializer(JsonPlusSerializer):
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         if obj is not None and not isinstance(obj, (bytes, bytearray)) and _is_json_native(obj):
             data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            type_ = "json"
+            if len(data) >= ZSTD_MIN_BYTES:
+                type_, data = "json+zstd", _compress(data)
             CHECKPOINT_BYTES.inc(len(data))  # only checkpoint writes serialise: redraft_checkpoint_bytes_written
-            return "json", data
+            return type_, data
         typed = super().dumps_typed(obj)
         CHECKPOINT_BYTES.inc(len(typed[1]))
         return typed
@@ -57,6 +73,12 @@ class SafeSerializer(JsonPlusSerializer):
         type_ = data[0]
         if type_ == "pickle":
             raise UnsafePayloadError("Refused to load a pickled checkpoint payload: redraft never unpickles data.")
+        if type_ == "json+zstd":
+            try:
+                raw = _decompressor.decompress(data[1], max_output_size=ZSTD_MAX_OUTPUT)
+            except zstandard.ZstdError as exc:
+                raise UnsafePayloadError(f"Refused a corrupt compressed checkpoint payload ({exc}).") from None
+            return json.loads(raw)
         if type_ not in ("null", "bytes", "bytearray", "json", "msgpack"):
             raise UnsafePayloadError(f"Refused to load a checkpoint payload of unknown type {type_!r}.")
         return super().loads_typed(data)

@@ -1,0 +1,63 @@
+"""redraft's PostgreSQL saver (graph/pgsaver.py): one commit per durable step, and nothing held back past a run.
+
+Checked through PostgreSQL itself: a row's ``xmin`` names the transaction that wrote it, so a step whose pending
+writes and checkpoint went out in one statement shows one transaction id on both.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from redraft.graph.checkpointer import open_persistence
+from redraft.graph.runner import Runner
+from tests.conftest import make_settings, new_thread
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_a_step_commits_its_writes_with_its_checkpoint(pg_url, stub):
+    stub.configure(changes=[30])
+    settings = make_settings(pg_url, stub)
+    thread = new_thread()
+    async with open_persistence(settings) as p:
+        runner = Runner(p, settings)
+        await runner.refine(thread, "generic", "One commit per step.", max_loops=3, similarity_threshold=1.0)
+        steps = await p.db.fetchall(
+            "SELECT c.xmin::text AS checkpoint_tx, "
+            "(SELECT array_agg(DISTINCT w.xmin::text) FROM checkpoint_writes w "
+            " WHERE w.thread_id = c.thread_id AND w.checkpoint_id = c.parent_checkpoint_id) AS writes_tx "
+            "FROM checkpoints c WHERE c.thread_id = ? AND c.parent_checkpoint_id IS NOT NULL",
+            (thread,),
+        )
+    assert len(steps) >= 7  # draft + 3 x (critique, revise)
+    for step in steps:
+        assert step["writes_tx"] == [step["checkpoint_tx"]], steps
+
+
+async def test_writes_of_a_run_stopped_at_a_gate_are_durable_when_it_returns(pg_url, stub):
+    """A step-mode draft stops at the critique gate: the gate (an interrupt write, with no checkpoint after it) is
+    committed before the call returns, so another process sees it at once."""
+    settings = make_settings(pg_url, stub)
+    thread = f"{new_thread()}:generic"
+    async with open_persistence(settings) as p:
+        result = await Runner(p, settings).draft(thread, "generic", "Stop at the gate.")
+        assert result["pending_gate"]["gate"] == "critique"
+        async with open_persistence(settings) as other:  # its own pool: sees only what was committed
+            seen = await Runner(other, settings).status(thread)
+    assert seen["pending_gate"] is not None and seen["pending_gate"]["gate"] == "critique"
+    assert seen["next"] == ["critique"]
+
+
+def test_large_json_values_are_stored_compressed_and_round_trip():
+    from redraft.errors import UnsafePayloadError
+    from redraft.graph.serde import ZSTD_MIN_BYTES, SafeSerializer
+
+    serde = SafeSerializer()
+    prose = " ".join(f"Revision {i} keeps the argument tight and the examples concrete." for i in range(60))
+    kind, raw = serde.dumps_typed({"op": "revision", "text": prose})
+    assert kind == "json+zstd" and len(raw) < len(prose) / 3
+    assert serde.loads_typed((kind, raw)) == {"op": "revision", "text": prose}
+    kind, raw = serde.dumps_typed({"text": "x" * (ZSTD_MIN_BYTES // 2)})  # short: plain JSON, readable with psql
+    assert kind == "json"
+    with pytest.raises(UnsafePayloadError):
+        serde.loads_typed(("json+zstd", b"not a zstd frame"))
