@@ -46,7 +46,7 @@ log = logging.getLogger("redraft.drain")
 POLL_S = 0.05
 CANCEL_GRACE_S = 3.0  # after the deadline: how long cancelled steps get to release their leases themselves
 HANDBACK_GRACE_S = 2.0  # after the last lease: how long background tasks get to hand their runs back
-STDIO_EXIT_GRACE_S = 3.0  # after the drain over stdio: how long the server gets to close before the process ends
+STDIO_EXIT_GRACE_S = 2.0  # after the drain over stdio: how long the server gets to close before the process ends
 CUT: set[asyncio.Task] = set()  # tasks the drain cancelled at its deadline (their cancellation means "hand back")
 
 

@@ -8,14 +8,16 @@ lost, none run twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
+from asyncio.subprocess import PIPE
 
 import httpx
 import mcp
 from fastmcp_tasks.client_models import ClientCreateTaskResult
 
-from tests.servers import HttpServer, server_env
+from tests.servers import REDRAFT, HttpServer, server_env
 from tests.test_runs_replicas import _linear_once, call, wait_for
 from tests.test_tasks import TasksOptIn, poll
 
@@ -176,3 +178,57 @@ async def test_a_step_still_running_at_the_deadline_is_cut_its_lease_released_an
         done = (await retry.call_tool("refine", {"session_id": sid})).structured_content
     assert done["phase"] == "done" and done["slot"]["query"] == "Cut me."
     assert len(stub.prompts("draft")) == 2  # the cut draft call, then the retry's: the cut step left nothing behind
+
+
+async def test_stdio_server_drains_on_sigterm_answers_the_refine_in_flight_and_exits_0(tmp_path, stub):
+    """Over stdio too: SIGTERM while a foreground refine is in its draft's model call. The draft is committed, the
+    refine answers the retryable `draining` error (on stdout, as MCP), and the process exits 0."""
+    stub.configure(latency_ms=1500)
+    env = server_env(str(tmp_path / "stdio.sqlite"), stub.base_url, REDRAFT_LOG_LEVEL="INFO")
+    proc = await asyncio.create_subprocess_exec(REDRAFT, "serve", env=env, stdin=PIPE, stdout=PIPE, stderr=PIPE)
+
+    async def send(message: dict) -> None:
+        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        await proc.stdin.drain()
+
+    async def answer(request_id: int) -> dict:
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line, "the server closed stdout before answering"
+            message = json.loads(line)
+            if message.get("id") == request_id:
+                return message
+
+    try:
+        info = {"name": "drain-test", "version": "1"}
+        await send(
+            {
+                "id": 1,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": info},
+            }
+        )
+        await answer(1)
+        await send({"method": "notifications/initialized"})
+        await send({"id": 2, "method": "tools/call", "params": {"name": "create_session", "arguments": {}}})
+        sid = (await answer(2))["result"]["structuredContent"]["session_id"]
+        args = {"session_id": sid, "query": "Over stdio.", "max_loops": 3, "similarity_threshold": 1.0}
+        await send({"id": 3, "method": "tools/call", "params": {"name": "refine", "arguments": args}})
+        for _ in range(1000):  # until the draft's model call is in flight
+            if stub.requests:
+                break
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        refine = await answer(3)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        stderr = (await proc.stderr.read()).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    result = refine["result"]
+    assert result["isError"] and result["content"][0]["text"].startswith("draining:"), result
+    assert "(retryable)" in result["content"][0]["text"]
+    assert code == 0, stderr[-2000:]
+    assert "SIGTERM: draining" in stderr and "Traceback" not in stderr
+    assert [r["node"] for r in stub.requests] == ["draft"]  # the draft finished; no further step started
