@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -27,6 +28,7 @@ from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 
 from redraft.errors import ConfigError, ContextOverflowError, DrainingError, ModelError
+from redraft.nodes.deadline import model_http_client, model_timeout
 from redraft.observability.modelcalls import ModelCall
 from redraft.settings import Settings
 
@@ -95,7 +97,7 @@ class ModelProvider:
 
     def client(self, model: str) -> BaseChatModel:
         s = self.settings
-        key = (model, s.base_url, s.request_timeout, s.max_retries)
+        key = (model, s.base_url, s.request_timeout, s.connect_timeout, s.max_retries)
         found = self._clients.get(key)
         if found is not None:
             self._clients.move_to_end(key)
@@ -130,7 +132,11 @@ class ModelProvider:
             model=sampling["model"],
             base_url=s.base_url,
             api_key=api_key,
-            timeout=s.request_timeout,
+            # one meaning, streamed or not: the whole request (to the last token) within REQUEST_TIMEOUT, opening
+            # the connection within CONNECT_TIMEOUT (nodes/deadline.py); LangChain's own per-chunk timer is off
+            timeout=model_timeout(s.request_timeout, s.connect_timeout),
+            http_async_client=model_http_client(s.request_timeout, s.connect_timeout),
+            stream_chunk_timeout=0,
             max_retries=s.max_retries,
         )
 
@@ -204,6 +210,8 @@ async def ask(model: Runnable, messages: list[BaseMessage], purpose: str, hint: 
                 reply = await model.ainvoke(messages, stream=False)
         except openai.APIError as exc:
             raise model_error(exc, purpose, hint) from None
+        except httpx2.TimeoutException:  # REQUEST_TIMEOUT passed in the middle of a streamed reply (not retried)
+            raise ModelError(f"The model endpoint timed out during the {purpose} reply.") from None
         except (json.JSONDecodeError, httpx.DecodingError, KeyError, TypeError):
             raise ModelError(f"The model endpoint returned a malformed response to the {purpose} request.") from None
         call.replied(reply)

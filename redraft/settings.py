@@ -64,7 +64,10 @@ class Settings(BaseSettings):
         default=SecretStr(""), validation_alias=AliasChoices("redraft_api_key", "openai_api_key")
     )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    # The model endpoint: REQUEST_TIMEOUT is the most one model request may take, from sending it to its last token,
+    # streamed or not (each retry gets its own); CONNECT_TIMEOUT bounds opening the connection (nodes/deadline.py).
     request_timeout: float = Field(default=60.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
     max_retries: int = Field(default=2, ge=0, le=10)
     # A reply cut at max_tokens (finish_reason=length): "retry" once with twice the room (then fail if still cut),
     # "fail" at once with a clear model_error, or "accept" the cut text. Either way the step records it.
