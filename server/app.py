@@ -109,6 +109,7 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
     # MCP background tasks: refine, resume and replay run as tasks for clients that ask (server/tasks.py)
     mcp.add_extension(tasks_extension(settings))
     from redraft.server.ops import register_ops
+    from redraft.server.prompts import register_prompts
     from redraft.server.resources import register_resources
     from redraft.server.runs import register_runs
     from redraft.server.timetravel import register_timetravel
@@ -118,6 +119,7 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
     register_resources(mcp, state)
     register_timetravel(mcp, state)
     register_runs(mcp, state)
+    register_prompts(mcp, state)  # one MCP prompt per companion (server/prompts.py)
     register_ops(mcp, state)  # /healthz, /readyz, /metrics over HTTP (server/ops.py)
     return mcp
 
