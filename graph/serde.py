@@ -19,7 +19,7 @@ import zstandard
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from redraft.errors import UnsafePayloadError
-from redraft.observability.metrics import CHECKPOINT_BYTES
+from redraft.observability import metrics
 
 # LangGraph's own plain types that appear in pending writes (human-in-the-loop interrupts, fan-out sends).
 ALLOWED_TYPES = [("langgraph.types", "Interrupt"), ("langgraph.types", "Send")]
@@ -63,10 +63,10 @@ class SafeSerializer(JsonPlusSerializer):
             type_ = "json"
             if len(data) >= ZSTD_MIN_BYTES:
                 type_, data = "json+zstd", _compress(data)
-            CHECKPOINT_BYTES.inc(len(data))  # only checkpoint writes serialise: redraft_checkpoint_bytes_written
+            metrics.checkpoint_written(len(data))  # only checkpoint writes serialise: redraft_checkpoint_bytes_written
             return type_, data
         typed = super().dumps_typed(obj)
-        CHECKPOINT_BYTES.inc(len(typed[1]))
+        metrics.checkpoint_written(len(typed[1]))
         return typed
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:

@@ -93,6 +93,7 @@ class _MetricsApp:
 
 def register_ops(mcp: FastMCP, app) -> None:
     """Add ``/healthz``, ``/readyz`` and ``/metrics`` to the HTTP app (custom routes: not MCP tools)."""
+    metrics.enable()  # the server's hooks count from here on (redraft/observability/metrics.py)
     probes = _Probes(app)
     mcp.add_provider(_ProbesLifespan(probes))
 

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from redraft.errors import ConflictError
 from redraft.graph.checkpointer import open_persistence
+from redraft.observability import metrics
 from redraft.observability.metrics import BoundedLabel
 from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
@@ -122,6 +123,8 @@ def test_label_values_are_bounded():
 @pytest.mark.postgres
 async def test_lease_takeovers_are_counted(pg_url, stub):
     """A grant over another holder's expired lease counts once; a fresh grant, a refused one and a release none."""
+
+    metrics.enable()  # as a server does
 
     def takeovers() -> float:
         return REGISTRY.get_sample_value("redraft_lease_takeovers_total")

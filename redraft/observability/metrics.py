@@ -11,6 +11,9 @@ Two kinds of numbers:
 Label cardinality is bounded: no session, thread or run ids in labels; tool and model names are client-influenced
 (an unknown tool, a per-call model override), so each label keeps at most ``MAX_LABEL_VALUES`` distinct values and
 maps the rest to ``other``.
+
+Metrics are on in a server (``enable``, called by ``create_server``), off elsewhere: the CLI never imports
+``prometheus-client`` (~50-150 ms of start-up), and every hook is then a ``None`` check.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ import logging
 import re
 import threading
 import time
-
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from typing import Any
 
 log = logging.getLogger("redraft.observability")
-disable_created_metrics()  # no ``*_created`` series: Prometheus does not need them and they double the exposition
 
 MAX_LABEL_VALUES = 64
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_.:/\-]{1,80}$")
@@ -32,57 +33,6 @@ _LABEL_OK = re.compile(r"^[A-Za-z0-9_.:/\-]{1,80}$")
 # Seconds. Tool calls and steps span a fast read (milliseconds) to a long refine (minutes).
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-TOOL_CALLS = Counter(
-    "redraft_tool_calls", "MCP tool calls by tool and outcome code (ok, or the error code)", ["tool", "code"]
-)
-TOOL_LATENCY = Histogram("redraft_tool_call_duration_seconds", "MCP tool call latency", ["tool"], buckets=CALL_BUCKETS)
-STEPS = Counter(
-    "redraft_steps",
-    "Graph steps by node and outcome (ok, interrupted, cancelled, or the error code)",
-    ["node", "outcome"],
-)
-STEP_LATENCY = Histogram("redraft_step_duration_seconds", "Graph step latency by node", ["node"], buckets=STEP_BUCKETS)
-STEPS_IN_PROGRESS = Gauge("redraft_steps_in_progress", "Graph steps running in this process", ["node"])
-MODEL_CALLS = Counter(
-    "redraft_model_calls", "Model calls by role (draft, critique, revise) and model", ["role", "model"]
-)
-MODEL_LATENCY = Histogram(
-    "redraft_model_call_duration_seconds",
-    "Model call latency by role and model",
-    ["role", "model"],
-    buckets=STEP_BUCKETS,
-)
-MODEL_INPUT_TOKENS = Counter(
-    "redraft_model_input_tokens", "Prompt tokens the model endpoint reported, by role and model", ["role", "model"]
-)
-MODEL_OUTPUT_TOKENS = Counter(
-    "redraft_model_output_tokens", "Completion tokens the model endpoint reported, by role and model", ["role", "model"]
-)
-MODEL_ERRORS = Counter(
-    "redraft_model_errors",
-    "Failed model calls by role, model and kind (rate_limited, timeout, connection, auth, malformed, http_4xx, "
-    "http_5xx, context_overflow, server_error, cancelled, other)",
-    ["role", "model", "kind"],
-)
-CHECKPOINT_BYTES = Counter(
-    "redraft_checkpoint_bytes_written", "Serialised checkpoint bytes (channel values and pending writes) written"
-)
-STORAGE_ERRORS = Counter("redraft_storage_errors", "Database failures turned into storage_error")
-LEASE_TAKEOVERS = Counter(
-    "redraft_lease_takeovers",
-    "Step leases granted over another holder's expired lease (a crashed or stalled replica's thread taken over)",
-)
-SESSIONS_ACTIVE = Gauge(
-    "redraft_sessions_active", "Sessions not yet idle-expired (database-wide: the same on every replica)"
-)
-RUNS_ACTIVE = Gauge("redraft_runs_active", "Background runs running (database-wide: the same on every replica)")
-RUN_QUEUE_DEPTH = Gauge(
-    "redraft_run_queue_depth", "Background runs queued, waiting for a worker (database-wide: the same on every replica)"
-)
-DATABASE_SCRAPE_ERRORS = Counter(
-    "redraft_metrics_database_errors", "Scrapes whose database-wide gauges could not be refreshed (values kept)"
-)
 
 
 class BoundedLabel:
@@ -112,22 +62,138 @@ tool_label = BoundedLabel()
 model_label = BoundedLabel()
 
 
+class Metrics:
+    """redraft's metrics, registered once per process in prometheus-client's default registry."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # no ``*_created`` series: Prometheus does not need them; they double the text
+        self.tool_calls = Counter(
+            "redraft_tool_calls", "MCP tool calls by tool and outcome code (ok, or the error code)", ["tool", "code"]
+        )
+        self.tool_latency = Histogram(
+            "redraft_tool_call_duration_seconds", "MCP tool call latency", ["tool"], buckets=CALL_BUCKETS
+        )
+        self.steps = Counter(
+            "redraft_steps",
+            "Graph steps by node and outcome (ok, interrupted, cancelled, or the error code)",
+            ["node", "outcome"],
+        )
+        self.step_latency = Histogram(
+            "redraft_step_duration_seconds", "Graph step latency by node", ["node"], buckets=STEP_BUCKETS
+        )
+        self.steps_in_progress = Gauge("redraft_steps_in_progress", "Graph steps running in this process", ["node"])
+        roles = ["role", "model"]
+        self.model_calls = Counter("redraft_model_calls", "Model calls by role (draft, critique, revision)", roles)
+        self.model_latency = Histogram(
+            "redraft_model_call_duration_seconds", "Model call latency by role and model", roles, buckets=STEP_BUCKETS
+        )
+        self.model_input_tokens = Counter(
+            "redraft_model_input_tokens", "Prompt tokens the model endpoint reported, by role and model", roles
+        )
+        self.model_output_tokens = Counter(
+            "redraft_model_output_tokens", "Completion tokens the model endpoint reported, by role and model", roles
+        )
+        self.model_errors = Counter(
+            "redraft_model_errors",
+            "Failed model calls by role, model and kind (rate_limited, timeout, connection, auth, malformed, "
+            "http_4xx, http_5xx, context_overflow, server_error, cancelled, other)",
+            ["role", "model", "kind"],
+        )
+        self.checkpoint_bytes = Counter(
+            "redraft_checkpoint_bytes_written",
+            "Serialised checkpoint bytes (channel values and pending writes) written",
+        )
+        self.storage_errors = Counter("redraft_storage_errors", "Database failures turned into storage_error")
+        self.lease_takeovers = Counter(
+            "redraft_lease_takeovers",
+            "Step leases granted over another holder's expired lease (a crashed or stalled replica's thread taken "
+            "over)",
+        )
+        self.sessions_active = Gauge(
+            "redraft_sessions_active", "Sessions not yet idle-expired (database-wide: the same on every replica)"
+        )
+        self.runs_active = Gauge(
+            "redraft_runs_active", "Background runs running (database-wide: the same on every replica)"
+        )
+        self.run_queue_depth = Gauge(
+            "redraft_run_queue_depth",
+            "Background runs queued, waiting for a worker (database-wide: the same on every replica)",
+        )
+        self.database_scrape_errors = Counter(
+            "redraft_metrics_database_errors", "Scrapes whose database-wide gauges could not be refreshed (values kept)"
+        )
+        self._steps: dict[str, tuple[Any, Any, Any]] = {}
+        self._models: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+
+    def step_series(self, node: str) -> tuple[Any, Any, Any]:
+        """(ok steps, latency, in progress) for a node, looked up once."""
+        found = self._steps.get(node)
+        if found is None:
+            found = self._steps[node] = (
+                self.steps.labels(node, "ok"),
+                self.step_latency.labels(node),
+                self.steps_in_progress.labels(node),
+            )
+        return found
+
+    def model_series(self, role: str, model: str) -> tuple[Any, Any, Any, Any]:
+        """(calls, latency, input tokens, output tokens) for a role and model, looked up once."""
+        found = self._models.get((role, model))
+        if found is None:
+            label = model_label(model)
+            found = self._models[(role, model)] = (
+                self.model_calls.labels(role, label),
+                self.model_latency.labels(role, label),
+                self.model_input_tokens.labels(role, label),
+                self.model_output_tokens.labels(role, label),
+            )
+        return found
+
+
+_metrics: Metrics | None = None
+_enabling = threading.Lock()
+
+
+def enable() -> Metrics:
+    """Turn metrics on for this process (idempotent)."""
+    global _metrics
+    with _enabling:
+        if _metrics is None:
+            _metrics = Metrics()
+    return _metrics
+
+
+def current() -> Metrics | None:
+    """The metrics when on, else None: what every hook checks first."""
+    return _metrics
+
+
 def tool_called(tool: str, code: str, seconds: float) -> None:
-    name = tool_label(tool)
-    TOOL_CALLS.labels(name, code).inc()
-    TOOL_LATENCY.labels(name).observe(seconds)
+    m = _metrics
+    if m is not None:
+        name = tool_label(tool)
+        m.tool_calls.labels(name, code).inc()
+        m.tool_latency.labels(name).observe(seconds)
 
 
 def checkpoint_written(size: int) -> None:
-    CHECKPOINT_BYTES.inc(size)
+    m = _metrics
+    if m is not None:
+        m.checkpoint_bytes.inc(size)
 
 
 def storage_failed() -> None:
-    STORAGE_ERRORS.inc()
+    m = _metrics
+    if m is not None:
+        m.storage_errors.inc()
 
 
 def lease_taken_over() -> None:
-    LEASE_TAKEOVERS.inc()
+    m = _metrics
+    if m is not None:
+        m.lease_takeovers.inc()
 
 
 # --- database-wide gauges, read at scrape time ------------------------------------------------------------------
@@ -140,24 +206,26 @@ async def refresh_from_database(db, session_ttl_seconds: float, limit_s: float =
     """Set the database-wide gauges from ``db`` (``graph.database.Database``: ``fetchall``/``fetchone``), within
     ``limit_s`` seconds; on failure the gauges keep their last values and ``redraft_metrics_database_errors`` counts
     it."""
+    m = enable()
     try:
         async with asyncio.timeout(limit_s):
             rows = await db.fetchall(_RUNS_SQL)
             sessions = await db.fetchone(_SESSIONS_SQL, (time.time() - session_ttl_seconds,))
     except Exception as exc:  # the scrape still answers with everything else
-        DATABASE_SCRAPE_ERRORS.inc()
+        m.database_scrape_errors.inc()
         log.warning("metrics: could not read the database-wide gauges (%s)", type(exc).__name__)
         return False
     counts = {row["status"]: int(row["n"]) for row in rows}
-    RUNS_ACTIVE.set(counts.get("running", 0))
-    RUN_QUEUE_DEPTH.set(counts.get("queued", 0))
-    SESSIONS_ACTIVE.set(int((sessions or {}).get("n") or 0))
+    m.runs_active.set(counts.get("running", 0))
+    m.run_queue_depth.set(counts.get("queued", 0))
+    m.sessions_active.set(int((sessions or {}).get("n") or 0))
     return True
 
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every registered metric (redraft's, the process collector's, and any library's that
     registers in prometheus-client's default registry) and its content type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+    enable()
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -70,23 +70,6 @@ def _describe(runnable: Any) -> tuple[Any, dict[str, Any]]:
     return client, bound
 
 
-_series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
-
-
-def _series_for(role: str, model: str) -> tuple[Any, Any, Any, Any]:
-    """The (calls, latency, input tokens, output tokens) children for a role and model, looked up once."""
-    found = _series.get((role, model))
-    if found is None:
-        label = metrics.model_label(model)
-        found = _series[(role, model)] = (
-            metrics.MODEL_CALLS.labels(role, label),
-            metrics.MODEL_LATENCY.labels(role, label),
-            metrics.MODEL_INPUT_TOKENS.labels(role, label),
-            metrics.MODEL_OUTPUT_TOKENS.labels(role, label),
-        )
-    return found
-
-
 def _server(client: Any) -> tuple[str | None, int | None]:
     base = getattr(client, "openai_api_base", None) or "https://api.openai.com/v1"
     try:
@@ -138,18 +121,19 @@ class ModelCall:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         elapsed = time.perf_counter() - self.started
-        calls, latency, input_tokens, output_tokens = _series_for(self.role, self.model)
-        calls.inc()
-        latency.observe(elapsed)
         tokens_in, tokens_out = usage_of(self.reply)
-        if tokens_in:
-            input_tokens.inc(tokens_in)
-        if tokens_out:
-            output_tokens.inc(tokens_out)
-        kind = None
-        if exc is not None:
-            kind = error_kind(exc)
-            metrics.MODEL_ERRORS.labels(self.role, metrics.model_label(self.model), kind).inc()
+        kind = error_kind(exc) if exc is not None else None
+        m = metrics.current()
+        if m is not None:
+            calls, latency, input_tokens, output_tokens = m.model_series(self.role, self.model)
+            calls.inc()
+            latency.observe(elapsed)
+            if tokens_in:
+                input_tokens.inc(tokens_in)
+            if tokens_out:
+                output_tokens.inc(tokens_out)
+            if kind is not None:
+                m.model_errors.labels(self.role, metrics.model_label(self.model), kind).inc()
         if self.span is not None:
             self._finish_span(tokens_in, tokens_out, exc, kind)
         if log.isEnabledFor(logging.DEBUG):

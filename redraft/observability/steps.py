@@ -32,9 +32,6 @@ def outcome_of(exc: BaseException) -> str:
 
 def observed_node(name: str, node: Node) -> Node:
     """``node`` measured as one graph step named ``name``."""
-    count_ok = metrics.STEPS.labels(name, "ok")
-    latency = metrics.STEP_LATENCY.labels(name)
-    in_progress = metrics.STEPS_IN_PROGRESS.labels(name)
     fields = {"node": name}
 
     async def step(state: Any, runtime: Any) -> dict:
@@ -42,17 +39,21 @@ def observed_node(name: str, node: Node) -> Node:
         span = token = None
         if traces.ENABLED:
             span, token = traces.start_span(f"step {name}", {"redraft.node": name})
-        in_progress.inc()
+        m = metrics.current()
+        series = m.step_series(name) if m is not None else None
+        if series is not None:
+            series[2].inc()
         context = logs.push(fields)
         try:
             result = await node(state, runtime)
         except BaseException as exc:
             logs.pop(context)
-            in_progress.dec()
             outcome = outcome_of(exc)
             elapsed = time.perf_counter() - started
-            metrics.STEPS.labels(name, outcome).inc()
-            latency.observe(elapsed)
+            if series is not None:
+                series[2].dec()
+                m.steps.labels(name, outcome).inc()
+                series[1].observe(elapsed)
             if span is not None:
                 failed = outcome not in ("interrupted",)
                 span.set_attribute("redraft.step.outcome", outcome)
@@ -61,10 +62,11 @@ def observed_node(name: str, node: Node) -> Node:
             log.debug("step %s %s", name, outcome, extra={"node": name, "code": code, "duration": round(elapsed, 6)})
             raise
         logs.pop(context)
-        in_progress.dec()
         elapsed = time.perf_counter() - started
-        count_ok.inc()
-        latency.observe(elapsed)
+        if series is not None:
+            series[2].dec()
+            series[0].inc()
+            series[1].observe(elapsed)
         if span is not None:
             span.set_attribute("redraft.step.outcome", "ok")
             traces.end_span(span, token)
