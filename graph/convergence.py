@@ -29,11 +29,14 @@ from rapidfuzz.distance import Indel
 
 STOP_REASONS = ("critic_satisfied", "converged", "max_loops")
 
-# The critic prompt asks for exactly NO_FURTHER_CHANGES; the pattern also accepts the usual paraphrases, but only at
-# the start of the reply, so a critique that merely *mentions* the phrase does not end the loop.
+# The critic prompt asks for exactly NO_FURTHER_CHANGES; the pattern also accepts the usual paraphrases, but only as
+# the whole critique (around it nothing but spacing, punctuation and markup): a critique that starts with one and goes
+# on ("No changes needed to the structure, but paragraph 2 is wrong", "LGTM overall, except ...") names a problem, and
+# the loop must revise it. The same holds for a critique a person supplies at a gate.
 NO_FURTHER_CHANGES = "NO FURTHER CHANGES"
 _STOP_PATTERN = re.compile(
-    r"^\W*(no further changes|no changes (are )?needed|nothing (left |more )?to (fix|change|improve)|lgtm)\b",
+    r"[\W_]*(no further changes( (are )?(needed|required))?|no (more |other )?changes (are )?(needed|required)"
+    r"|nothing (left |more |else )?to (fix|change|improve)|lgtm|looks good to me)[\W_]*",
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -186,7 +189,7 @@ async def similarity_async(a: str, b: str) -> float:
 
 
 def critic_is_satisfied(critique: str) -> bool:
-    return bool(_STOP_PATTERN.match(critique.strip()))
+    return bool(_STOP_PATTERN.fullmatch(" ".join(critique.split())))
 
 
 def decide_after_revision(scores: list[float], revisions: int, threshold: float, max_loops: int) -> str | None:

@@ -56,7 +56,7 @@ def answer(cfg: dict[str, Any], node: str, messages: list[dict]) -> str:
         rnd = int(match.group(1)) if match else 1
         stop = cfg["critic_stop_round"]
         if stop is not None and rnd >= stop:
-            return "NO FURTHER CHANGES"
+            return cfg.get("critic_stop_text", "NO FURTHER CHANGES")
         return f"Round {rnd}: " + " ".join(words_for(f"critique{rnd}{user[:64]}", cfg["critique_words"])) + "."
     # revise: alter changes(k) words of the current text
     text = user.split("Current text:\n", 1)[1].split("\n\nCritique:\n", 1)[0]
@@ -121,6 +121,7 @@ def overflow_body(kind: Any) -> dict:
 DEFAULTS: dict[str, Any] = {
     "draft_words": 300,
     "critic_stop_round": None,  # round at which the critic answers NO FURTHER CHANGES
+    "critic_stop_text": "NO FURTHER CHANGES",  # what it answers from that round on
     "changes": [12, 8, 4, 0],  # words changed at revision 1, 2, 3, ...; the last value repeats
     "latency_ms": 0,
     "critique_words": 40,
