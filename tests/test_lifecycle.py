@@ -44,6 +44,9 @@ async def test_cli_sessions_expire_with_their_threads_and_cli_runs_teach_the_sta
     assert count(db_file, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", first["session_id"]) == 0
     assert count(db_file, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", thread) == 0
     assert count(db_file, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", second["session_id"]) == 1
+    # the run's end counts as activity, as an MCP call's end does: a long run does not leave its session looking idle
+    sql = "SELECT count(*) FROM redraft_sessions WHERE session_id = ? AND last_accessed > created_at"
+    assert count(db_file, sql, second["session_id"]) == 1
 
     settings = make_settings(db_file, stub)
     async with open_persistence(settings) as p:

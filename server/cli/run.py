@@ -85,7 +85,7 @@ def run(
     async def main() -> dict:
         from redraft.graph.companions import get_companion
         from redraft.graph.runner import thread_id_for
-        from redraft.server.stats import StatsStore
+        from redraft.server.cli.lifecycle import call_done
 
         async with engine(database_url) as (runner, sessions):
             get_companion(companion)  # an unknown companion fails before a session is made
@@ -116,10 +116,8 @@ def run(
                 similarity_threshold=threshold,
                 max_loops=max_loops,
             )
-            # a CLI run teaches the learning stats as an MCP refine does (server/stats.py)
-            await StatsStore(runner.persistence.db).record_quietly(
-                companion, "refine", result, time.monotonic() - started, True
-            )
+            # as after an MCP refine: the session's activity and the learning stats (server/cli/lifecycle.py)
+            await call_done(runner, sessions, sid, companion, "refine", result, time.monotonic() - started, True)
             return {"session_id": sid, "companion": companion, **result}
 
     def end_line() -> None:

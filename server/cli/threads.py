@@ -169,7 +169,7 @@ def resume(
 
     async def main() -> dict:
         from redraft.errors import InvalidInputError
-        from redraft.server.stats import StatsStore
+        from redraft.server.cli.lifecycle import call_done
 
         try:
             payload = json.loads(decision) if decision else None
@@ -179,9 +179,8 @@ def resume(
             thread = await thread_of(store, session, companion)
             started = time.monotonic()
             result = await runner.resume(thread, payload)
-            await StatsStore(runner.persistence.db).record_quietly(
-                companion, "resume", result, time.monotonic() - started, False
-            )
+            sid = thread.rsplit(":", 1)[0]
+            await call_done(runner, store, sid, companion, "resume", result, time.monotonic() - started, False)
             return result
 
     emit(execute(main), as_json, show_thread)
