@@ -48,10 +48,7 @@ async def test_cli_sessions_expire_with_their_threads_and_cli_runs_teach_the_sta
     sql = "SELECT count(*) FROM redraft_sessions WHERE session_id = ? AND last_accessed > created_at"
     assert count(db_file, sql, second["session_id"]) == 1
 
-    settings = make_settings(db_file, stub)
-    async with open_persistence(settings) as p:
-        stats = StatsStore(p.db)
-        generic, code = await stats.summary("generic"), await stats.summary("code")
+    generic, code, *_ = await redraft("stats", "--json", env=env)  # `redraft stats`: every companion, in order
     assert generic["runs"] == 1 and code["runs"] == 1
     assert generic["stop_reasons"] == {"converged": 1}
     assert list(generic["by_model"]) == ["stub-model"] and generic["by_model"]["stub-model"]["runs"] == 1
