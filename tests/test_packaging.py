@@ -25,7 +25,17 @@ from tests.servers import server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_SOURCES = shutil.ignore_patterns(
-    ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", "*_cache", "*.sqlite*", ".env"
+    ".venv",
+    ".git",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".hypothesis",
+    "*_cache",
+    "*.sqlite*",
+    ".env",
+    ".langgraph_api",
 )
 
 
