@@ -2,12 +2,15 @@
 
 * ``raw_loop``: the smallest draft -> critique -> revise LangGraph loop (plain list state, no phases, leases,
   similarity or time travel bookkeeping) on the same saver and durability;
+* ``stock_postgres``: LangGraph's own ``AsyncPostgresSaver`` as people deploy it (a psycopg pool, autocommit,
+  ``prepare_threshold=0``, dict rows), the anchor every figure in the issue's table is a ratio against;
 * ``plain_graph``: redraft's own nodes over a state whose append-only logs use plain list reducers instead of
   DeltaChannel, to show what the delta channels save in storage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from typing import Annotated, Any, TypedDict
 
@@ -29,7 +32,20 @@ class RawState(TypedDict):
     critiques: Annotated[list[str], operator.add]
 
 
-def raw_loop(model, loops: int, checkpointer):
+@contextlib.asynccontextmanager
+async def stock_postgres(url: str, max_size: int = 40):
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    async with AsyncConnectionPool(url, min_size=2, max_size=max_size, kwargs=kwargs, open=False) as pool:
+        saver = AsyncPostgresSaver(pool)
+        await saver.setup()
+        yield saver
+
+
+def raw_loop(model, loops: int, checkpointer, *, stepwise: bool = False):
     async def draft_node(s: RawState) -> dict:
         reply = await model.ainvoke([SystemMessage(GENERIC.draft_system), HumanMessage(s["query"])])
         return {"texts": [reply.content]}
@@ -56,7 +72,10 @@ def raw_loop(model, loops: int, checkpointer):
         return "critique" if len(s["texts"]) <= loops else END
 
     builder.add_conditional_edges("revise", route)
-    return builder.compile(checkpointer=checkpointer)
+    # stepwise: each ainvoke runs one node and stops (a raw LangGraph step, for the MCP anchor)
+    return builder.compile(
+        checkpointer=checkpointer, interrupt_after=["draft", "critique", "revise"] if stepwise else None
+    )
 
 
 def _plain(reducer):

@@ -50,12 +50,18 @@ class Workers:
         results = [json.loads(await proc.stdout.readline()) for proc in self.procs]
         wall = time.perf_counter() - t0
         durations = [d for r in results for d in r["durations"]]
+        errors = [e for r in results for e in r.get("errors", [])]
+        if errors:
+            print(f"{self.kind}: {len(errors)} of {sessions} runs failed, e.g. {errors[0]}", file=sys.stderr)
+        if not durations:
+            raise RuntimeError(f"every {self.kind} run failed: {errors[0]}")
         ideal = (1 + 2 * loops) * latency
         return {
             # with N runs always in flight, throughput is N x steps / mean run time (Little's law)
             "fraction": ideal / statistics.mean(durations),
             "steps_per_s": sessions * (1 + 2 * loops) / statistics.mean(durations),
             "cpu": sum(r["cpu"] for r in results) / wall,
+            "errors": len(errors),
         }
 
 

@@ -18,7 +18,7 @@ from redraft.settings import load_settings
 
 
 def settings_for(url: str, **extra):
-    return load_settings(database_url=url, base_url="http://unused.invalid/v1", pool_max_size=40, **extra)
+    return load_settings(**{"database_url": url, "base_url": "http://unused.invalid/v1", "pool_max_size": 40, **extra})
 
 
 def ms(seconds: float) -> str:

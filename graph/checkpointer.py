@@ -1,6 +1,7 @@
 """Checkpointer factory: one URL setting picks the backend.
 
-* ``postgresql://...``  -> ``AsyncPostgresSaver`` on a psycopg pool (autocommit, dict_row, prepare_threshold=0)
+* ``postgresql://...``  -> ``AsyncPostgresSaver`` on a psycopg pool (autocommit, dict_row, statements prepared on
+  first use unless ``REDRAFT_DB_PREPARED_STATEMENTS=false``, for PgBouncer in transaction mode)
 * a file path or ``sqlite:///path`` -> ``AsyncSqliteSaver`` (the embedded default, in the user's data dir)
 * ``memory``            -> ``InMemorySaver`` (quick dev, one process; redraft's own tables go to an in-memory SQLite,
   step leases stay in the process)
@@ -210,7 +211,7 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
         kwargs={
             "autocommit": True,
             "row_factory": dict_row,
-            "prepare_threshold": 0,
+            "prepare_threshold": 0 if settings.db_prepared_statements else None,
             "connect_timeout": max(1, round(settings.db_connect_timeout)),
             # the server gives up on a statement too, and TCP gives up on a peer that stopped acknowledging
             "options": f"-c statement_timeout={round(settings.db_statement_timeout * 1000)}",

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
     db_statement_timeout: float = Field(default=30.0, gt=0, le=3600)
     db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
+    # Server-side prepared statements (psycopg prepares each statement on its first use). Set false behind PgBouncer
+    # in transaction mode before 1.21: a pooled server connection does not carry them from one client to the next.
+    db_prepared_statements: bool = True
 
     # The model: any OpenAI-compatible endpoint. The endpoint and key fall back to the standard OPENAI_BASE_URL and
     # OPENAI_API_KEY when the REDRAFT_* ones are unset (REDRAFT_* wins when both are set).
