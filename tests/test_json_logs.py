@@ -3,10 +3,12 @@ object with time, level, event, code, session, run, node and duration; tool call
 context; no configured secret ever appears. Lines go to stderr (over stdio, stdout speaks only MCP).
 
 The same server has ``OTEL_EXPORTER_OTLP_ENDPOINT`` set to a local collector: its spans arrive there over OTLP/HTTP
-(the in-memory span checks are in test_traces.py)."""
+(the in-memory span checks are in test_traces.py). It also has ``LANGSMITH_TRACING=true`` with a dummy LangSmith
+endpoint (the same local server, which accepts anything): the runs still succeed, and LangChain did post to it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -35,14 +37,25 @@ def parse(text: str) -> list[dict]:
 
 
 class _Collector(BaseHTTPRequestHandler):
-    """An OTLP/HTTP trace collector: keeps the span names (and service names) of every export."""
+    """An OTLP/HTTP trace collector (``/v1/traces``): keeps the span names (and service names) of every export. Any
+    other request (LangSmith's, under ``/langsmith``) is accepted and its path kept."""
 
     spans: list[tuple[str, str]] = []
+    other: list[str] = []
 
     def do_POST(self):
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        request = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["content-length"])))
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path != "/v1/traces":
+            self.other.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            return
+        request = ExportTraceServiceRequest.FromString(body)
         for resource_spans in request.resource_spans:
             attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -52,11 +65,13 @@ class _Collector(BaseHTTPRequestHandler):
         self.send_header("content-length", "0")
         self.end_headers()
 
+    do_PATCH = do_PUT = do_GET = do_POST
+
     def log_message(self, *args):
         pass
 
 
-async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
+async def test_json_logs_otlp_traces_and_langsmith_on_a_real_server(tmp_path, stub):
     log_path = tmp_path / "server.log"
     collector = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     threading.Thread(target=collector.serve_forever, daemon=True).start()
@@ -69,6 +84,10 @@ async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
         REDRAFT_AUTH_TOKENS=f'{{"{TOKEN}": "logger"}}',
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}",
         OTEL_BSP_SCHEDULE_DELAY="100",
+        LANGSMITH_TRACING="true",
+        LANGSMITH_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}/langsmith",
+        LANGSMITH_API_KEY="lsv2-dummy-key",
+        LANGSMITH_PROJECT="redraft-test",
     )
     server = HttpServer(env, log=log_path).start()
     try:
@@ -82,12 +101,21 @@ async def test_json_log_lines_carry_their_context_and_no_secret(tmp_path, stub):
             run_id = run.structured_content["run_id"]
             waited = await client.call_tool("wait_run", {"run_id": run_id, "timeout_s": 30})
             assert waited.structured_content["status"] == "succeeded", waited.structured_content
+        # both exporters send from background threads, in batches: wait for them while the server runs
+        wanted = {"tools/call refine", "step draft", "step revise", "chat stub-model"}
+        for _ in range(200):
+            names = {name for service, name in _Collector.spans if service == "redraft"}
+            langsmith = [path for path in _Collector.other if path.startswith("/langsmith/")]
+            if wanted <= names and langsmith:
+                break
+            await asyncio.sleep(0.1)
+        assert wanted <= names, _Collector.spans
+        # LangSmith tracing through LangChain: the runs above succeeded, and their run trees were sent
+        assert langsmith, _Collector.other
     finally:
-        server.stop()  # a clean exit flushes the spans still batched
+        server.stop()
         collector.shutdown()
         collector.server_close()
-    names = {name for service, name in _Collector.spans if service == "redraft"}
-    assert {"tools/call refine", "step draft", "step revise", "chat stub-model"} <= names, _Collector.spans
     text = log_path.read_text()
     records = parse(text)
     assert len(records) > 20

@@ -3,15 +3,9 @@ call, one span per graph step under it, and one span per model call under its st
 conventions; a failed model call is an error span with ``error.type``. With tracing off nothing is recorded, and
 ``setup_tracing`` stays off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
 
-LangSmith: a CLI run with ``LANGSMITH_TRACING=true`` and a dummy endpoint (a local HTTP server that accepts anything)
-still succeeds, and LangChain did send it its run trees."""
+LangSmith (``LANGSMITH_TRACING=true`` with a dummy endpoint) is checked on the real server of test_json_logs.py."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastmcp.exceptions import ToolError
@@ -24,7 +18,6 @@ from redraft.observability import traces
 from redraft.server.app import create_server
 from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
-from tests.servers import REDRAFT, server_env
 
 EXPORTER = InMemorySpanExporter()
 
@@ -105,52 +98,3 @@ def test_tracing_stays_off_without_an_otlp_endpoint(monkeypatch):
     assert traces.requested()
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not traces.requested()
-
-
-class _Sink(BaseHTTPRequestHandler):
-    """A dummy LangSmith endpoint: accepts every request and remembers its path."""
-
-    paths: list[str] = []
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.paths.append(self.path)
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    do_PATCH = do_PUT = do_POST
-
-    def do_GET(self):
-        self.do_POST()
-
-    def log_message(self, *args):
-        pass
-
-
-def test_langsmith_tracing_does_not_break_a_run(tmp_path, stub):
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    env = server_env(
-        str(tmp_path / "langsmith.sqlite"),
-        stub.base_url,
-        LANGSMITH_TRACING="true",
-        LANGSMITH_ENDPOINT=f"http://127.0.0.1:{sink.server_address[1]}",
-        LANGSMITH_API_KEY="lsv2-dummy-key",
-        LANGSMITH_PROJECT="redraft-test",
-    )
-    try:
-        done = subprocess.run(
-            [REDRAFT, "run", "trace me with langsmith", "--max-loops", "1", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert json.loads(done.stdout)["phase"] == "done"
-        assert _Sink.paths, "LangChain sent no run to the LangSmith endpoint: tracing was not on"
-    finally:
-        sink.shutdown()
-        sink.server_close()
