@@ -19,6 +19,8 @@ from redraft import __version__
 from tests.servers import REDRAFT, server_env
 
 HEAVY = ("langgraph", "langchain", "fastmcp")
+BAD_SETTING = {"REDRAFT_COMPANIONS__CODE__MAX_LOOPS": "0"}  # an error that needs no database: a quick subprocess
+BAD_MESSAGE = "REDRAFT_COMPANIONS__CODE__MAX_LOOPS: Input should be greater than or equal to 1"
 
 
 async def proc(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -112,14 +114,14 @@ async def test_output_to_a_pipe_is_never_cut_and_errors_follow_json(env):
     long_model = "a-model-name-" + "x" * 150  # far wider than the 80 columns a pipe used to get
     (code, out, _), (err_code, err_out, err) = await asyncio.gather(
         proc(REDRAFT, "config", env={**env, "REDRAFT_MODEL": long_model}),
-        proc(REDRAFT, "show", "not-a-session", "--json", env=env),
+        proc(REDRAFT, "config", "--json", env={**env, **BAD_SETTING}),
     )
     assert code == 0
     assert any(long_model in line for line in out.splitlines()), out
     assert "…" not in out
     # with --json an error is one JSON object on stderr, with its code; the exit code still says what failed
     assert err_code == 2 and err_out == ""
-    assert json.loads(err) == {"error": "invalid_session", "message": "Invalid or unknown session."}
+    assert json.loads(err) == {"error": "config_error", "message": f"Invalid settings: {BAD_MESSAGE}"}
 
 
 async def test_terminal_width_and_colour(env):
@@ -130,15 +132,15 @@ async def test_terminal_width_and_colour(env):
     # line), help included
     table, plain, no_color_env, no_color_flag, help_no_color = await asyncio.gather(
         asyncio.to_thread(tty, "config"),
-        asyncio.to_thread(tty, "show", "not-a-session"),
-        asyncio.to_thread(tty, "show", "not-a-session", NO_COLOR="1"),
-        asyncio.to_thread(tty, "show", "not-a-session", "--no-color"),
+        asyncio.to_thread(tty, "config", **BAD_SETTING),
+        asyncio.to_thread(tty, "config", NO_COLOR="1", **BAD_SETTING),
+        asyncio.to_thread(tty, "config", "--no-color", **BAD_SETTING),
         asyncio.to_thread(tty, "--no-color", "--help"),
     )
     code, shown = table
     assert code == 0 and "REDRAFT_MODEL" in shown
     assert max(len(line) for line in re.sub(r"\x1b\[[\d;]*m", "", shown).splitlines()) <= 60
-    assert plain[0] == 2 and "Invalid or unknown session" in plain[1] and colours(plain[1])
+    assert plain[0] == 2 and "Invalid settings" in plain[1] and colours(plain[1])
     for code, shown in (no_color_env, no_color_flag):
-        assert code == 2 and "Invalid or unknown session" in shown and not colours(shown), repr(shown)
+        assert code == 2 and "Invalid settings" in shown and not colours(shown), repr(shown)
     assert help_no_color[0] == 0 and "Usage" in help_no_color[1] and not colours(help_no_color[1])
