@@ -139,6 +139,7 @@ def run(
         show_thread(d)
         out.print(f"session [bold]{d['session_id']}[/]")
         if d.get("pending_gate"):
-            out.print(f"continue it with: {resume_command(d['session_id'], companion)} --decision '{{...}}'")
+            command = resume_command(d["session_id"], companion)
+            out.print(f"approve it with: {command}  (or answer it: --decision '<json>', see --help)", markup=False)
 
     emit(data, as_json, human)
