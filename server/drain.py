@@ -162,14 +162,19 @@ class Drain:
         background tasks a moment to hand their runs back."""
         if self.started is None:
             self.begin("drain")
-        await _wait_while(lambda: bool(HELD), self.started + self.settings.drain_seconds)
-        if HELD:
-            log.warning("drain deadline: cutting %d step(s) still running; their runs are handed back", len(HELD))
-            for _db, _lease, task in list(HELD.values()):
+        loop = asyncio.get_running_loop()
+
+        def held() -> list[tuple[Any, Any, asyncio.Task]]:  # this server's leases (its event loop's steps)
+            return [entry for entry in list(HELD.values()) if entry[2].get_loop() is loop and not entry[2].done()]
+
+        await _wait_while(lambda: bool(held()), self.started + self.settings.drain_seconds)
+        if held():
+            log.warning("drain deadline: cutting %d step(s) still running; their runs are handed back", len(held()))
+            for _db, _lease, task in held():
                 CUT.add(task)
                 task.cancel()
-            await _wait_while(lambda: bool(HELD), time.monotonic() + CANCEL_GRACE_S)
-        for db, lease, _task in list(HELD.values()):  # a step that did not let go: release its lease for it
+            await _wait_while(lambda: bool(held()), time.monotonic() + CANCEL_GRACE_S)
+        for db, lease, _task in held():  # a step that did not let go: release its lease for it
             with contextlib.suppress(Exception):
                 await db.release(lease)
         worker = getattr(self.mcp, "_worker", None)
