@@ -17,7 +17,8 @@ import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import httpx2
@@ -76,6 +77,35 @@ def effective_sampling(settings: Settings, companion, overrides: dict | None) ->
     return sampling
 
 
+def max_tokens_field(setting: str, base_url: str | None) -> str:
+    """The request field that carries ``max_tokens`` for this endpoint (``REDRAFT_MAX_TOKENS_FIELD``): "auto" is
+    OpenAI's ``max_completion_tokens`` for OpenAI itself and the classic ``max_tokens`` everywhere else."""
+    if setting != "auto":
+        return setting
+    if not base_url:
+        return "max_completion_tokens"
+    try:
+        host = (urlsplit(base_url.strip()).hostname or "").lower()
+    except ValueError:
+        host = ""
+    openai_hosts = host == "api.openai.com" or host.endswith(".openai.azure.com")
+    return "max_completion_tokens" if openai_hosts else "max_tokens"
+
+
+class ChatClient(ChatOpenAI):
+    """``ChatOpenAI`` sending the output limit in the one field its endpoint reads. ChatOpenAI always renames
+    ``max_tokens`` to OpenAI's newer ``max_completion_tokens``, which llama.cpp, llama-cpp-python and other servers
+    that predate it silently ignore (and OpenAI refuses both at once)."""
+
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_completion_tokens"
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        if self.max_tokens_field == "max_tokens" and "max_completion_tokens" in payload:
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
+        return payload
+
+
 @dataclass(frozen=True)
 class Reply:
     """A model's answer. ``truncation`` says what was done about a reply cut at ``max_tokens``, if one was."""
@@ -111,10 +141,6 @@ class ModelProvider:
     def get(self, sampling: dict[str, Any]) -> Runnable:
         """The client for ``sampling['model']`` with the per-call sampling bound to it."""
         per_call: dict[str, Any] = {k: sampling[k] for k in PER_CALL_KEYS if sampling.get(k) is not None}
-        if self.settings.base_url and "max_tokens" in per_call:
-            # ChatOpenAI sends OpenAI's newer `max_completion_tokens` only, which llama-cpp-python (and other
-            # servers that predate it) silently ignore: send the classic `max_tokens` beside it.
-            per_call["extra_body"] = {"max_tokens": per_call["max_tokens"]}
         client = self.client(sampling["model"])
         return client.bind(**per_call) if per_call else client
 
@@ -128,7 +154,8 @@ class ModelProvider:
                     "OPENAI_BASE_URL is set (OpenAI)."
                 )
             api_key = "not-needed"  # Ollama / vLLM accept any key
-        return ChatOpenAI(
+        return ChatClient(
+            max_tokens_field=max_tokens_field(s.max_tokens_field, s.base_url),
             model=sampling["model"],
             base_url=s.base_url,
             api_key=api_key,

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # A reply cut at max_tokens (finish_reason=length): "retry" once with twice the room (then fail if still cut),
     # "fail" at once with a clear model_error, or "accept" the cut text. Either way the step records it.
     on_truncation: Literal["retry", "fail", "accept"] = "retry"
+    # The request field that carries sampling.max_tokens. "auto": OpenAI's max_completion_tokens for OpenAI (no base
+    # URL, api.openai.com, *.openai.azure.com), the classic max_tokens for every other endpoint (llama.cpp, Ollama,
+    # vLLM, LM Studio... read only that one). Exactly one of the two is sent.
+    max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
 
     # Defaults for every companion unless the companion or an override says otherwise.
     default_companion: str = "generic"

@@ -125,6 +125,9 @@ DEFAULTS: dict[str, Any] = {
     "changes": [12, 8, 4, 0],  # words changed at revision 1, 2, 3, ...; the last value repeats
     "latency_ms": 0,
     "critique_words": 40,
+    # True: behave like llama.cpp, reading only the classic `max_tokens` field (never `max_completion_tokens`) and
+    # cutting a longer reply at that many words, finish_reason "length"
+    "honour_max_tokens": False,
 }
 
 
@@ -275,6 +278,9 @@ class StubLLM:
         finish = "stop"
         if fault is not None and "truncate" in fault:
             content, finish = " ".join(content.split()[: fault["truncate"]]), "length"
+        limit = body.get("max_tokens")
+        if self.config["honour_max_tokens"] and isinstance(limit, int) and len(content.split()) > limit:
+            content, finish = " ".join(content.split()[:limit]), "length"
         model = body.get("model", "stub")
         if body.get("stream"):
             self._stream(handler, model, content, finish)
