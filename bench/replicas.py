@@ -127,6 +127,7 @@ async def _row(label: str, url: str, stats_url: str, processes: int, **env: str)
         f"{(cpu1 - cpu0) / wall:.0%}",
         f"{(after['xacts'] - before['xacts']) / steps:.1f}",
         f"{(after['wal'] - before['wal']) / steps / 1024:.1f}",
+        result["errors"],
     ]
 
 
@@ -145,7 +146,7 @@ async def replicas(pg: str) -> dict:
                 )
             )
         else:
-            rows.append(["PgBouncer: not installed", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append(["PgBouncer: not installed", "-", "-", "-", "-", "-", "-", "-", "-"])
     return {
         "title": "Beyond one machine: replica processes on one PostgreSQL",
         "what": f"{SESSIONS} sessions each refine {LOOPS} loops ({1 + 2 * LOOPS} durable steps) at "
@@ -164,6 +165,7 @@ async def replicas(pg: str) -> dict:
             "database CPU",
             "transactions / step",
             "WAL KB / step",
+            "failed runs",
         ],
         "rows": rows,
         "target": "(sizing: see 'Beyond one machine' below)",
