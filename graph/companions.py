@@ -7,8 +7,10 @@ from typing import Literal
 
 from redraft.errors import UnknownCompanionError
 from redraft.nodes.prompts import CODE, ESSAY, GENERIC, SUMMARY, PromptSet
+from redraft.settings import RoleOverride
 
 Mode = Literal["auto", "step"]
+ROLES = ("drafter", "critic", "reviser")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,13 @@ class Companion:
     max_loops: int = 5
     clear_history: bool = False  # True: each new query on a thread ignores the earlier queries' answers
     mode: Mode = "auto"  # "step": pause (LangGraph interrupt) before every critique and revision
+    # A role's own model, endpoint and sampling (None: the companion's model and temperature, REDRAFT_BASE_URL)
+    drafter: RoleOverride | None = None
+    critic: RoleOverride | None = None
+    reviser: RoleOverride | None = None
+
+    def role(self, name: str) -> RoleOverride | None:
+        return getattr(self, name) if name in ROLES else None
 
     def public(self) -> dict:
         return {
@@ -80,5 +89,27 @@ def get_companion(name: str, overrides: dict | None = None) -> Companion:
     override = (overrides or {}).get(name)
     if override is None:
         return companion
-    changes = {k: v for k, v in override.model_dump().items() if v is not None}
+    changes = {k: v for k in type(override).model_fields if (v := getattr(override, k)) is not None}
     return replace(companion, **changes)
+
+
+def role_models(settings) -> dict[str, dict[str, dict]]:
+    """Per companion, the model, endpoint (password masked; None: OpenAI) and sampling each role resolves to."""
+    from redraft.nodes.roles import ROLE_OF, endpoint_of, for_role, role_samplings
+    from redraft.settings import mask_url
+
+    resolved: dict[str, dict[str, dict]] = {}
+    for name in COMPANION_MAP:
+        companion = get_companion(name, settings.companions)
+        base = {
+            "model": companion.model or settings.model,
+            "temperature": companion.temperature if companion.temperature is not None else settings.temperature,
+        }
+        sampling = {**base, "roles": role_samplings(companion, base, {})}
+        resolved[name] = {}
+        for purpose, role in ROLE_OF.items():
+            chosen = for_role(sampling, purpose)
+            url = endpoint_of(settings, chosen).base_url
+            shown = {k: v for k, v in chosen.items() if k != "endpoint"}
+            resolved[name][role] = {**shown, "base_url": mask_url(url) if url else None}
+    return resolved

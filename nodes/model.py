@@ -3,8 +3,9 @@
 ``sampling`` (stored in each run_log slot) carries the per-query choices: model, temperature and optionally top_p,
 max_tokens and seed. Endpoint, key, timeout and retries come from settings and are never stored in state.
 
-Clients are cached per model name only (endpoint, key, timeout and retries are this provider's settings), in a small
-LRU; temperature, top_p, max_tokens and seed are bound per call, so distinct seeds never add a client.
+Clients are cached per model name and endpoint (a role may have its own: nodes/roles.py; timeout and retries are this
+provider's settings), in a small LRU; temperature, top_p, max_tokens and seed are bound per call, so distinct seeds
+never add a client.
 
 Model-side faults become clear errors: a prompt larger than the server's context window is ``context_overflow`` with
 the server's own (sanitised) reason and a way forward; a reply cut at ``max_tokens`` (``finish_reason=length``) is
@@ -30,6 +31,7 @@ from langchain_openai import ChatOpenAI
 
 from redraft.errors import ConfigError, ContextOverflowError, DrainingError, ModelError
 from redraft.nodes.deadline import model_http_client, model_timeout
+from redraft.nodes.roles import Endpoint, endpoint_of, for_role, role_samplings
 from redraft.observability.modelcalls import ModelCall
 from redraft.settings import Settings
 
@@ -64,17 +66,22 @@ _SECRETS = (
 
 
 def effective_sampling(settings: Settings, companion, overrides: dict | None) -> dict[str, Any]:
-    """Companion defaults, then settings, then per-call overrides. Only known, non-secret keys survive."""
+    """Companion defaults, then settings, then per-call overrides. Only known, non-secret keys survive. Roles with
+    their own model, endpoint or sampling (nodes/roles.py) are listed under ``roles``; per-call overrides apply to
+    every role."""
     sampling: dict[str, Any] = {
         "model": companion.model or settings.model,
         "temperature": companion.temperature if companion.temperature is not None else settings.temperature,
     }
+    given: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if key not in SAMPLING_KEYS:
             raise ConfigError(f"Unknown sampling option {key!r}; allowed: {', '.join(SAMPLING_KEYS)}.")
         if value is not None:
-            sampling[key] = value
-    return sampling
+            given[key] = value
+    sampling.update(given)
+    roles = role_samplings(companion, sampling, given)
+    return {**sampling, "roles": roles} if roles else sampling
 
 
 def max_tokens_field(setting: str, base_url: str | None) -> str:
@@ -125,39 +132,41 @@ class ModelProvider:
         # DrainingError, committing nothing, so every run stops at its next step boundary.
         self.draining = False
 
-    def client(self, model: str) -> BaseChatModel:
+    def client(self, model: str, endpoint: Endpoint | None = None) -> BaseChatModel:
         s = self.settings
-        key = (model, s.base_url, s.request_timeout, s.connect_timeout, s.max_retries)
+        endpoint = endpoint or endpoint_of(s, {})
+        key = (model, endpoint, s.request_timeout, s.connect_timeout, s.max_retries)
         found = self._clients.get(key)
         if found is not None:
             self._clients.move_to_end(key)
             return found
-        built = self.build({"model": model})  # may raise ConfigError: then nothing is cached
+        built = self.build({"model": model}, endpoint)  # may raise ConfigError: then nothing is cached
         self._clients[key] = built
         while len(self._clients) > CLIENT_CACHE_SIZE:
             self._clients.popitem(last=False)
         return built
 
     def get(self, sampling: dict[str, Any]) -> Runnable:
-        """The client for ``sampling['model']`` with the per-call sampling bound to it."""
+        """The client for ``sampling['model']`` (at its role's endpoint) with the per-call sampling bound to it."""
         per_call: dict[str, Any] = {k: sampling[k] for k in PER_CALL_KEYS if sampling.get(k) is not None}
-        client = self.client(sampling["model"])
+        client = self.client(sampling["model"], endpoint_of(self.settings, sampling))
         return client.bind(**per_call) if per_call else client
 
-    def build(self, sampling: dict[str, Any]) -> BaseChatModel:
+    def build(self, sampling: dict[str, Any], endpoint: Endpoint | None = None) -> BaseChatModel:
         s = self.settings
-        api_key = s.api_key.get_secret_value()
+        endpoint = endpoint or endpoint_of(s, {})
+        api_key = endpoint.api_key
         if not api_key:
-            if not s.base_url:
+            if not endpoint.base_url:
                 raise ConfigError(
                     "REDRAFT_API_KEY is required (or the standard OPENAI_API_KEY) when neither REDRAFT_BASE_URL nor "
                     "OPENAI_BASE_URL is set (OpenAI)."
                 )
             api_key = "not-needed"  # Ollama / vLLM accept any key
         return ChatClient(
-            max_tokens_field=max_tokens_field(s.max_tokens_field, s.base_url),
+            max_tokens_field=max_tokens_field(s.max_tokens_field, endpoint.base_url),
             model=sampling["model"],
-            base_url=s.base_url,
+            base_url=endpoint.base_url,
             api_key=api_key,
             # one meaning, streamed or not: the whole request (to the last token) within REQUEST_TIMEOUT, opening
             # the connection within CONNECT_TIMEOUT (nodes/deadline.py); LangChain's own per-chunk timer is off
@@ -177,6 +186,7 @@ class ModelProvider:
                 f"The server is shutting down, so the {purpose} step was not started; the thread is at its last "
                 "checkpoint. Retry (refine without a query, or resume, continues it)."
             )
+        sampling = for_role(sampling, purpose)
         hint = _with_max_tokens_hint(overflow_hint, sampling.get("max_tokens"))
         text, finish = await ask(self.get(sampling), messages, purpose, hint)
         if finish == "length":

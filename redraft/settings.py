@@ -25,11 +25,29 @@ def default_database_url() -> str:
     return str(Path(user_data_dir("redraft", appauthor=False)) / "redraft.sqlite")
 
 
+class RoleOverride(BaseModel):
+    """One role's model within a companion (drafter, critic or reviser). ``None`` keeps the companion's value (its
+    model and temperature, else REDRAFT_MODEL / REDRAFT_TEMPERATURE) and the REDRAFT_BASE_URL endpoint; ``api_key``
+    (None: REDRAFT_API_KEY) goes with ``base_url``."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
 class CompanionOverride(BaseModel):
-    """Per-companion defaults an operator may override. ``None`` keeps the companion's own default."""
+    """Per-companion defaults an operator may override. ``None`` keeps the companion's own default. ``drafter``,
+    ``critic`` and ``reviser`` give a role its own model, endpoint and sampling:
+    ``REDRAFT_COMPANIONS__CODE__CRITIC__MODEL=gpt-4o``."""
 
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    drafter: RoleOverride | None = None
+    critic: RoleOverride | None = None
+    reviser: RoleOverride | None = None
     similarity_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     max_loops: int | None = Field(default=None, ge=1, le=1000)
     clear_history: bool | None = None
@@ -159,6 +177,12 @@ class Settings(BaseSettings):
         data["database_url"] = mask_url(self.database_url)
         data["base_url"] = mask_url(self.base_url) if self.base_url else None
         data["redis_url"] = mask_url(self.redis_url) if self.redis_url else None
+        for name, override in self.companions.items():  # a role's own endpoint and key
+            for role in ("drafter", "critic", "reviser"):
+                if (given := getattr(override, role)) is not None:
+                    shown = data["companions"][name][role]
+                    shown["api_key"] = "****" if given.api_key and given.api_key.get_secret_value() else None
+                    shown["base_url"] = mask_url(given.base_url) if given.base_url else None
         return data
 
 
@@ -213,6 +237,10 @@ def configured_secrets(**overrides) -> list[str]:
                 values.extend(re.findall(r'"([^"]+)"', value))  # malformed JSON: every quoted string
         elif field == "api_key" or field.startswith("api_key__openai_"):
             values.append(value)
+        elif field.startswith("companions") and field.endswith("__api_key"):  # a role's own key
+            values.append(value)
+        elif field.startswith("companions"):  # REDRAFT_COMPANIONS='{"code": {"critic": {"api_key": "..."}}}'
+            values.extend(re.findall(r'"api_key"\s*:\s*"([^"]+)"', value))
         elif field == "database_url":
             password = url_password(value)
             values += [password, unquote(password)]

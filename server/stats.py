@@ -15,6 +15,7 @@ import time
 import uuid
 
 from redraft.graph.database import Database
+from redraft.nodes.roles import model_label
 
 WINDOW = 500  # most recent runs considered per companion
 MIN_RUNS = 3  # fewer than this: no suggestion, just the count
@@ -24,8 +25,9 @@ log = logging.getLogger("redraft.stats")
 
 
 def model_of(data: dict) -> str | None:
-    """The model that served a call, from the thread view it returned."""
-    return ((data.get("slot") or {}).get("sampling") or {}).get("model")
+    """The model that served a call, from the thread view it returned (``drafter=a critic=b reviser=c`` when a
+    companion gives its roles different models)."""
+    return model_label((data.get("slot") or {}).get("sampling"))
 
 
 class StatsStore:

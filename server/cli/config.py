@@ -38,17 +38,27 @@ def companions(as_json: JsonOption = False) -> None:
 
 @app.command()
 def config(as_json: JsonOption = False) -> None:
-    """The effective settings (environment, .env and defaults), secrets masked."""
+    """The effective settings (environment, .env and defaults), secrets masked, and the model each companion's
+    drafter, critic and reviser resolves to (``models``)."""
+    from redraft.graph.companions import role_models
     from redraft.settings import load_settings
 
-    data = execute_sync(load_settings).masked()
+    settings = execute_sync(load_settings)
+    data = {**settings.masked(), "models": role_models(settings)}
 
     def human(d: dict) -> None:
         from rich.table import Table
 
         table = Table("setting", "value")
         for key, value in d.items():
-            table.add_row(f"REDRAFT_{key.upper()}", json.dumps(value) if not isinstance(value, str) else value)
+            if key != "models":
+                table.add_row(f"REDRAFT_{key.upper()}", json.dumps(value) if not isinstance(value, str) else value)
         out.print(table)
+        roles = Table("companion", "role", "model", "endpoint", "sampling")
+        for name, by_role in d["models"].items():
+            for role, chosen in by_role.items():
+                sampling = ", ".join(f"{k}={v}" for k, v in chosen.items() if k not in ("model", "base_url"))
+                roles.add_row(name, role, chosen["model"], chosen["base_url"] or "OpenAI", sampling)
+        out.print(roles)
 
     emit(data, as_json, human)
