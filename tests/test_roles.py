@@ -13,7 +13,7 @@ from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
 from redraft.nodes.roles import model_label
 from redraft.server.stats import model_of
-from redraft.settings import load_settings
+from redraft.settings import configured_secrets, load_settings
 from tests.conftest import make_settings, new_thread
 from tests.servers import server_env
 from tests.stub_llm import StubLLM
@@ -131,3 +131,15 @@ def test_model_label_and_invalid_role_settings():
     assert model_label({"model": "m", "roles": {"critic": {"model": "m", "endpoint": "x.critic"}}}) == "m"
     with pytest.raises(ConfigError, match=r"REDRAFT_COMPANIONS__CODE__CRITIC__TEMPERATURE: Input should be less"):
         load_settings(companions={"code": {"critic": {"temperature": 9, "api_key": CRITIC_KEY}}})
+
+
+def test_role_keys_are_masked_in_settings_errors(monkeypatch):
+    monkeypatch.setenv("REDRAFT_COMPANIONS__CODE__CRITIC__API_KEY", CRITIC_KEY)
+    monkeypatch.setenv("REDRAFT_COMPANIONS__ESSAY__REVISER__BASE_URL", "http://x/v1")
+    monkeypatch.setenv("REDRAFT_MAX_TOKENS_FIELD", f"wrong-{CRITIC_KEY}")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert CRITIC_KEY not in refused.value.message and "REDRAFT_MAX_TOKENS_FIELD" in refused.value.message
+    assert CRITIC_KEY in configured_secrets()
+    monkeypatch.setenv("REDRAFT_COMPANIONS", json.dumps({"code": {"critic": {"api_key": MAIN_KEY}}}))
+    assert MAIN_KEY in configured_secrets()
