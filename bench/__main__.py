@@ -61,6 +61,9 @@ def markdown(sections: list[dict], header: str) -> str:
         lines.append("|" + "---|" * len(s["headers"]))
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in s["rows"]]
         lines += ["", f"**Target:** {s['target']}  ", f"**Result:** {s['verdict']}", ""]
+    for kept in KEPT:  # sections measured by hand, outside this run: carried over as they are
+        if (ROOT / "bench" / kept).exists():
+            lines += [(ROOT / "bench" / kept).read_text().strip(), ""]
     notes = ROOT / "bench" / "notes.md"  # the reading of the figures: where the time goes, what bounds them
     if notes.exists():
         lines += [NOTES_MARK, "", notes.read_text().strip(), ""]
@@ -68,6 +71,7 @@ def markdown(sections: list[dict], header: str) -> str:
 
 
 NOTES_MARK = "<!-- the notes below come from bench/notes.md -->"
+KEPT = ["cli_startup.md"]  # the CLI start-up section (issue 20): `python -m bench.cli_startup`, measured by hand
 
 
 def show(sections: list[dict]) -> None:
