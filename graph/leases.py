@@ -64,7 +64,11 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
                 # while to give up a stalled query after it is cancelled)
                 renewal = asyncio.create_task(db.renew(lease))
                 try:
-                    await asyncio.wait({renewal}, timeout=left)
+                    try:
+                        await asyncio.wait({renewal}, timeout=left)
+                    except asyncio.CancelledError:  # the step ended: its lease is released, not renewed
+                        renewal.cancel()
+                        raise
                     if not renewal.done():
                         renewal.cancel()
                         return abort("could not renew it in time")
@@ -100,15 +104,17 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
     finally:
         running = False
         HELD.pop(id(lease), None)
-        if deferred.batches and not lease.lost:  # the block failed: still send what completed tasks wrote
-            with contextlib.suppress(Exception):
-                await deferred.flush()
-        if fence is not None:
-            FENCE.reset(fence)
-        if beat is not None:  # (a renewal it left behind ends by its own statement timeout)
+        # The heartbeat stops first and synchronously: whatever happens below (a second cancellation landing in an
+        # await), it must never go on renewing a lease no step holds.
+        if beat is not None:
             beat.cancel()
-            with contextlib.suppress(BaseException):
-                await beat
-        if not lease.lost:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(db.release(lease))
+        try:
+            if deferred.batches and not lease.lost:  # the block failed: still send what completed tasks wrote
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(deferred.flush())  # fenced: it needs FENCE, reset below
+        finally:
+            if fence is not None:
+                FENCE.reset(fence)
+            if not lease.lost:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(db.release(lease))
