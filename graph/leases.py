@@ -29,6 +29,19 @@ log = logging.getLogger("redraft.leases")
 HELD: dict[int, tuple[Database, Lease, asyncio.Task]] = {}
 
 
+_BACKGROUND: set[asyncio.Task] = set()  # best-effort clean-ups in flight (a reference keeps each alive)
+
+
+def _in_background(work) -> None:
+    async def quietly() -> None:
+        with contextlib.suppress(Exception):
+            await work
+
+    task = asyncio.create_task(quietly())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
 def margin(ttl: float) -> float:
     """How long before expiry a holder that cannot renew gives up: enough for its own cancellation to land."""
     return min(max(0.25 * ttl, 0.2), 5.0)
@@ -115,6 +128,13 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
         finally:
             if fence is not None:
                 FENCE.reset(fence)
-            if not lease.lost:
+            if lease.lost:
+                # Released even when lost, but in the background: the release names our token, so it frees the
+                # thread at once if the lease is still ours (our own renewal came too late: a retry need not wait
+                # for it to expire) and does nothing if another grant replaced it; a write of ours still in flight is
+                # refused by its fence either way. Never awaited: the database may be what is unreachable, and the
+                # aborted step must end now.
+                _in_background(db.release(lease))
+            else:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(db.release(lease))

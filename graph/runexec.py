@@ -113,6 +113,10 @@ async def _execute(
     mine = await store.claim(run_id, worker, base_checkpoint=head)
     if mine is None:  # finished (or cancelled while queued) in the meantime
         return run_view(await store.get(run_id))
+    if mine["attempts"] != (run["attempts"] or 0) + 1:
+        # another delivery claimed it between our read and our claim: it is the first worker, this is the duplicate
+        # (which waits on the thread's lease, advancing nothing, instead of failing the run with a conflict)
+        redelivered = True
     if head is None:
         head = await head_checkpoint_id(runner, thread_id)
     base = mine["base_checkpoint"]
