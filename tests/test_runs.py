@@ -138,6 +138,7 @@ async def test_redis_bus_carries_progress_between_processes_views(redis_url):
     await b.close()
 
 
+@pytest.mark.solo  # a 1 s lease against 0.7 s model calls: another process's load can cost it its lease
 async def test_a_duplicate_delivery_while_the_first_worker_lives_advances_nothing(runner, stub):
     """Docket redelivers a run whose first worker still lives (its claim renewal was late): the fenced lease makes the
     duplicate wait, advancing nothing, and the run ends once with every step exactly once."""
