@@ -103,10 +103,7 @@ class CompanionPrompt(FunctionPrompt):
         missing = sorted({a.name for a in self.arguments or () if a.required} - set(arguments or {}))
         if missing:
             raise PromptRefused(f"missing argument {', '.join(missing)} for prompt {self.name}.")
-        try:
-            return await super().render(arguments)
-        except InvalidInputError as exc:
-            raise PromptRefused(exc.message) from None
+        return await super().render(arguments)  # the prompt function itself turns bad values into PromptRefused
 
 
 def register_prompts(mcp: FastMCP, state) -> None:

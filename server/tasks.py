@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -38,7 +37,7 @@ from redraft.errors import ConflictError, DrainingError, InvalidInputError, Redr
 from redraft.graph.database import OWNER
 from redraft.graph.runexec import execute_run, head_checkpoint_id
 from redraft.graph.runner import thread_id_for
-from redraft.graph.runs import ACTIVE, decode_run
+from redraft.graph.runs import ACTIVE
 from redraft.server.drain import handed_back, requeue_task_leg
 from redraft.server.sessions import principal_key
 from redraft.server.task_gates import answer_to, ask, checked_answer
@@ -179,7 +178,7 @@ async def run_task(
     }
     # the usual first leg: complete the run noted at creation and claim it, in one statement, while no other run
     # holds the thread; it starts at the thread's head
-    run = await _claim_noted(app, run_id, fields, await head_checkpoint_id(app.runner, thread))
+    run = await app.runs.claim_noted(run_id, fields, OWNER, await head_checkpoint_id(app.runner, thread))
     claimed = run is not None
     if run is None:
         run = await app.runs.get(run_id)
@@ -255,23 +254,6 @@ async def _first_leg(app, run_id: str, run: dict | None, fields: dict) -> dict:
     if run is None:
         raise StorageError("The run record could not be written; nothing ran.")
     return run
-
-
-async def _claim_noted(app, run_id: str, fields: dict, head: str) -> dict | None:
-    """Complete the run record noted at task creation with the body's view of it and claim it for this worker,
-    starting at ``head``, if it is still the untouched note and no other run is queued or running on its thread: the
-    record afterwards (running), else None."""
-    sets = ", ".join(f"{name} = ?" for name in fields)
-    values = [json.dumps(v) if name == "request" else v for name, v in fields.items()]
-    now = time.time()
-    row = await app.runs.db.fetchone(
-        f"UPDATE redraft_runs SET {sets}, status = 'running', worker = ?, attempts = 1, started_at = ?, "
-        "base_checkpoint = ?, updated_at = ? WHERE run_id = ? AND status = 'queued' AND attempts = 0 "
-        "AND NOT EXISTS (SELECT 1 FROM redraft_runs other WHERE other.thread_id = ? "
-        "AND other.status IN ('queued', 'running') AND other.run_id <> ?) RETURNING *",
-        (*values, OWNER, now, head, now, run_id, fields["thread_id"], run_id),
-    )
-    return decode_run(row)
 
 
 async def _execute(app, ctx: Context, run: dict, decision: dict | None, session_id: str, claimed: bool) -> dict:
