@@ -146,9 +146,11 @@ class ModelProvider:
             self._clients.popitem(last=False)
         return built
 
-    def get(self, sampling: dict[str, Any]) -> Runnable:
-        """The client for ``sampling['model']`` (at its role's endpoint) with the per-call sampling bound to it."""
+    def get(self, sampling: dict[str, Any], bind: dict[str, Any] | None = None) -> Runnable:
+        """The client for ``sampling['model']`` (at its role's endpoint) with the per-call sampling bound to it, and
+        any extra request fields in ``bind`` (the critic's ``response_format``: nodes/scoring.py)."""
         per_call: dict[str, Any] = {k: sampling[k] for k in PER_CALL_KEYS if sampling.get(k) is not None}
+        per_call.update(bind or {})
         client = self.client(sampling["model"], endpoint_of(self.settings, sampling))
         return client.bind(**per_call) if per_call else client
 
@@ -177,7 +179,12 @@ class ModelProvider:
         )
 
     async def complete(
-        self, sampling: dict[str, Any], messages: list[BaseMessage], purpose: str, overflow_hint: str = ""
+        self,
+        sampling: dict[str, Any],
+        messages: list[BaseMessage],
+        purpose: str,
+        overflow_hint: str = "",
+        bind: dict[str, Any] | None = None,
     ) -> Reply:
         """One completion under the truncation policy. ``overflow_hint``: what the caller can do if the prompt does
         not fit the model's context window (resuming would only repeat the refusal)."""
@@ -188,13 +195,19 @@ class ModelProvider:
             )
         sampling = for_role(sampling, purpose)
         hint = _with_max_tokens_hint(overflow_hint, sampling.get("max_tokens"))
-        text, finish = await ask(self.get(sampling), messages, purpose, hint)
+        text, finish = await ask(self.get(sampling, bind), messages, purpose, hint)
         if finish == "length":
-            return await self._truncated(sampling, messages, purpose, hint, text)
+            return await self._truncated(sampling, messages, purpose, hint, text, bind)
         return Reply(_non_empty(text, purpose))
 
     async def _truncated(
-        self, sampling: dict[str, Any], messages: list[BaseMessage], purpose: str, hint: str, text: str
+        self,
+        sampling: dict[str, Any],
+        messages: list[BaseMessage],
+        purpose: str,
+        hint: str,
+        text: str,
+        bind: dict[str, Any] | None = None,
     ) -> Reply:
         limit = sampling.get("max_tokens")
         policy = self.settings.on_truncation
@@ -207,7 +220,7 @@ class ModelProvider:
         if policy == "retry" and limit:
             room = 2 * int(limit)
             try:
-                text, finish = await ask(self.get({**sampling, "max_tokens": room}), messages, purpose, hint)
+                text, finish = await ask(self.get({**sampling, "max_tokens": room}, bind), messages, purpose, hint)
             except ContextOverflowError as exc:
                 raise ModelError(
                     f"{cut}, and a retry with max_tokens={room} does not fit the model's context window "
