@@ -138,7 +138,8 @@ def extend(items: list, writes: Sequence[Any]) -> list:
 
 class RedraftState(TypedDict, total=False):
     run_log: Annotated[list[Slot], DeltaChannel(apply_run_log_events, snapshot_frequency=SNAPSHOT_EVERY)]
-    # {"slot": i, "iteration": k, "similarity": s}: similarity of version k to version k-1 (version 0 = draft).
+    # {"slot": i, "iteration": k, "similarity": s}: similarity of version k to version k-1 (version 0 = draft); and
+    # {"slot": i, "iteration": k, "score": 0-10 | None, ...}: the critic's score of version k (nodes/scoring.py).
     scores: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
     # {"slot": i, "stop_reason": ..., "best": version index, "iterations": n, "similarity": last score, "note": ...}
     outcomes: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
@@ -174,10 +175,11 @@ def outcome_for(state: dict, slot_index: int) -> dict | None:
 
 
 def scores_for(state: dict, slot_index: int) -> list[float]:
-    """Similarity per revision of a slot. A later record for the same iteration (an edited revision) wins."""
+    """Similarity per revision of a slot. A later record for the same iteration (an edited revision) wins. The
+    critic's score entries ({"slot", "iteration", "score"}: nodes/scoring.py) share the log and are skipped."""
     by_iteration: dict[int, float] = {}
     for s in state.get("scores") or []:
-        if s["slot"] == slot_index:
+        if s["slot"] == slot_index and "similarity" in s:
             by_iteration[s["iteration"]] = s["similarity"]
     return [by_iteration[k] for k in sorted(by_iteration)]
 
