@@ -46,5 +46,5 @@ class FakeProvider(ModelProvider):
         super().__init__(settings)
         self.model = FakeChat(latency=latency, script={**DEFAULTS, **script}, prompt_log=[])
 
-    def get(self, sampling: dict[str, Any]) -> BaseChatModel:
+    def get(self, sampling: dict[str, Any], bind: dict[str, Any] | None = None) -> BaseChatModel:
         return self.model
