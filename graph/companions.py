@@ -24,6 +24,8 @@ class Companion:
     max_loops: int = 5
     clear_history: bool = False  # True: each new query on a thread ignores the earlier queries' answers
     mode: Mode = "auto"  # "step": pause (LangGraph interrupt) before every critique and revision
+    min_score: float | None = None  # stop once the critic scores a version at least this (0-10); None: off
+    critique_format: Literal["structured", "text"] | None = None  # None: the REDRAFT_CRITIQUE_FORMAT setting
     # A role's own model, endpoint and sampling (None: the companion's model and temperature, REDRAFT_BASE_URL)
     drafter: RoleOverride | None = None
     critic: RoleOverride | None = None
@@ -40,6 +42,7 @@ class Companion:
             "temperature": self.temperature,
             "similarity_threshold": self.similarity_threshold,
             "max_loops": self.max_loops,
+            "min_score": self.min_score,
             "clear_history": self.clear_history,
             "mode": self.mode,
         }

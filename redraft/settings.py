@@ -52,6 +52,10 @@ class CompanionOverride(BaseModel):
     max_loops: int | None = Field(default=None, ge=1, le=1000)
     clear_history: bool | None = None
     mode: Literal["auto", "step"] | None = None
+    # Scored critiques (nodes/scoring.py): stop once the critic scores a version at least this (0-10; unset: off),
+    # and how the critic answers ("structured": {score, issues, done} JSON; "text": prose). None: the defaults.
+    min_score: float | None = Field(default=None, ge=0.0, le=10.0)
+    critique_format: Literal["structured", "text"] | None = None
 
 
 class Settings(BaseSettings):
@@ -97,6 +101,23 @@ class Settings(BaseSettings):
     # URL, api.openai.com, *.openai.azure.com), the classic max_tokens for every other endpoint (llama.cpp, Ollama,
     # vLLM, LM Studio... read only that one). Exactly one of the two is sent.
     max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+
+    # The critic's answer (nodes/scoring.py): "structured" asks for {score: 0-10, issues: [{where, problem, fix}],
+    # done} and parses it tolerantly (a reply that is not such JSON is kept as a prose critique, and noted);
+    # "text" is the prose critique ending in NO FURTHER CHANGES. Per companion: REDRAFT_COMPANIONS__CODE__...
+    critique_format: Literal["structured", "text"] = "structured"
+    # How a structured critique is requested: "auto" sends a JSON-schema response_format and, if the endpoint refuses
+    # it (HTTP 400/422), asks again without one (remembered per endpoint and model); "json_schema" / "json_object"
+    # always send that response_format; "none" relies on the prompt and the tolerant parser alone.
+    critique_response_format: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    # Convergence similarity between consecutive versions: "text" (normalised word-level edit similarity) or
+    # "embedding": cosine similarity of embeddings from an OpenAI-compatible /v1/embeddings endpoint
+    # (EMBEDDING_BASE_URL, else BASE_URL; EMBEDDING_API_KEY, else API_KEY), falling back to "text" for a step whose
+    # embedding call fails, which its scores entry records.
+    similarity: Literal["text", "embedding"] = "text"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_base_url: str | None = None
+    embedding_api_key: SecretStr | None = None
 
     # Defaults for every companion unless the companion or an override says otherwise.
     default_companion: str = "generic"
@@ -173,6 +194,9 @@ class Settings(BaseSettings):
         """The effective settings with every secret masked, for ``redraft config`` and logs."""
         data = self.model_dump(mode="json")
         data["api_key"] = "****" if self.api_key.get_secret_value() else ""
+        if self.embedding_api_key is not None:
+            data["embedding_api_key"] = "****" if self.embedding_api_key.get_secret_value() else ""
+        data["embedding_base_url"] = mask_url(self.embedding_base_url) if self.embedding_base_url else None
         data["auth_tokens"] = {f"****{i}": principal for i, principal in enumerate(self.auth_tokens.values(), 1)}
         data["database_url"] = mask_url(self.database_url)
         data["base_url"] = mask_url(self.base_url) if self.base_url else None
@@ -206,7 +230,7 @@ def url_password(url: str) -> str:
 
 
 # Settings whose values are secret, and the nested form of bearer tokens (``REDRAFT_AUTH_TOKENS__<token>=who``).
-SECRET_FIELDS = ("api_key", "auth_tokens", "database_url")
+SECRET_FIELDS = ("api_key", "embedding_api_key", "auth_tokens", "database_url")
 _CREDENTIALS_IN_URL = re.compile(r"(://[^\s:/@]*:)[^\s@]+@")
 
 
@@ -235,7 +259,7 @@ def configured_secrets(**overrides) -> list[str]:
                 values.extend(str(token) for token in json.loads(value))
             except (ValueError, TypeError):
                 values.extend(re.findall(r'"([^"]+)"', value))  # malformed JSON: every quoted string
-        elif field == "api_key" or field.startswith("api_key__openai_"):
+        elif field in ("api_key", "embedding_api_key") or field.startswith("api_key__openai_"):
             values.append(value)
         elif field.startswith("companions") and field.endswith("__api_key"):  # a role's own key
             values.append(value)
