@@ -24,7 +24,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from redraft.errors import ConfigError, RedraftError
+from redraft.errors import ConfigError, RedraftError, StorageError
 from redraft.graph.database import (
     Database,
     MemoryDatabase,
@@ -90,8 +90,10 @@ async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
             yield persistence
     except RedraftError:
         raise
-    except (OSError, ImportError) as exc:
+    except ImportError as exc:
         raise ConfigError(f"Cannot open the {kind} database: {exc}") from None
+    except OSError as exc:  # configured, but the file or directory cannot be opened: storage unavailable
+        raise StorageError(f"Cannot open the {kind} database: {exc}") from None
     except Exception as exc:
         if type(exc).__module__.startswith(("psycopg", "sqlite3", "aiosqlite")):
             raise storage_error(exc) from None
@@ -202,7 +204,7 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
         await probe.close()
     except psycopg.Error as exc:
         reason = str(exc).splitlines()[0].split(": ")[-1].strip() if str(exc) else type(exc).__name__
-        raise ConfigError(f"Cannot connect to PostgreSQL ({reason}). Check REDRAFT_DATABASE_URL.") from None
+        raise StorageError(f"Cannot connect to PostgreSQL ({reason}). Check REDRAFT_DATABASE_URL.") from None
     liveness = LivenessCheck(AsyncConnectionPool.check_connection)
     pool = _quick_reconnect_pool(AsyncConnectionPool)(
         url,
@@ -230,7 +232,8 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
         await pool.open(wait=True, timeout=settings.db_connect_timeout + settings.db_pool_timeout)
     except Exception as exc:
         await pool.close()
-        raise ConfigError(f"Cannot connect to PostgreSQL ({type(exc).__name__}). Check REDRAFT_DATABASE_URL.") from None
+        reason = type(exc).__name__
+        raise StorageError(f"Cannot connect to PostgreSQL ({reason}). Check REDRAFT_DATABASE_URL.") from None
     try:
         saver_type = type("RedraftPostgresSaver", (FencedPostgres, CompactVersions, AsyncPostgresSaver), {})
         saver = saver_type(pool, serde=serde)

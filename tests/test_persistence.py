@@ -13,7 +13,7 @@ import ormsgpack
 import psycopg
 import pytest
 
-from redraft.errors import ConfigError, UnsafePayloadError
+from redraft.errors import ConfigError, StorageError, UnsafePayloadError
 from redraft.graph.checkpointer import backend_of, open_persistence
 from redraft.graph.companions import get_companion
 from redraft.graph.runner import Runner
@@ -163,9 +163,10 @@ def test_bad_settings_are_clear_errors(monkeypatch):
 
 async def test_unreachable_postgres_is_a_clear_error():
     settings = load_settings(database_url="postgresql://nobody:secret@127.0.0.1:1/none", request_timeout=2)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(StorageError) as info:  # retryable: the database may come back; not a settings problem
         async with open_persistence(settings):
             pass
+    assert info.value.retryable and info.value.code == "storage_error"
     assert "Cannot connect to PostgreSQL" in str(info.value) and "secret" not in str(info.value)
 
 

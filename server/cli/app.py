@@ -137,21 +137,14 @@ def settings_from(database_url: str | None) -> Settings:
 
 @contextlib.asynccontextmanager
 async def engine(database_url: str | None, sweep: bool = True) -> AsyncIterator[tuple[Runner, Any]]:
-    from redraft.errors import ConfigError, StorageError
     from redraft.graph.checkpointer import open_persistence
     from redraft.graph.runner import Runner
     from redraft.server.sessions import SessionStore
 
     settings = settings_from(database_url)
     async with contextlib.AsyncExitStack() as stack:
-        try:
-            p = await stack.enter_async_context(open_persistence(settings))
-        except ConfigError as exc:
-            # the database is configured but cannot be reached or opened ("Cannot connect to PostgreSQL ...",
-            # "Cannot open the sqlite database ..."): storage unavailable (exit 3), not a usage error
-            if exc.message.startswith("Cannot "):
-                raise StorageError(exc.message) from None
-            raise
+        # an unreachable or unopenable database raises StorageError (exit 3), a bad setting ConfigError (exit 2)
+        p = await stack.enter_async_context(open_persistence(settings))
         sessions = SessionStore(p.db, p.saver, settings.session_ttl_seconds, settings.max_sessions)
         yield Runner(p, settings), sessions
         # CLI sessions expire like MCP sessions: with no server sweeping this database, each command that succeeded
