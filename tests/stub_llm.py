@@ -128,7 +128,21 @@ DEFAULTS: dict[str, Any] = {
     # True: behave like llama.cpp, reading only the classic `max_tokens` field (never `max_completion_tokens`) and
     # cutting a longer reply at that many words, finish_reason "length"
     "honour_max_tokens": False,
+    # the reply's token counts: a fixed {"prompt_tokens", "completion_tokens"}, "words" (words of the prompt's
+    # messages and of the reply), or None for an endpoint that reports no usage. Streamed replies carry it in a last
+    # chunk only when the request asks (stream_options.include_usage), as OpenAI does.
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
 }
+
+
+def usage_for(cfg: dict[str, Any], messages: list[dict], content: str) -> dict | None:
+    spec = cfg.get("usage")
+    if spec is None:
+        return None
+    if spec == "words":
+        prompt = sum(len(str(m.get("content") or "").split()) for m in messages)
+        spec = {"prompt_tokens": prompt, "completion_tokens": len(content.split())}
+    return {**spec, "total_tokens": spec["prompt_tokens"] + spec["completion_tokens"]}
 
 
 class StubLLM:
@@ -282,8 +296,11 @@ class StubLLM:
         if self.config["honour_max_tokens"] and isinstance(limit, int) and len(content.split()) > limit:
             content, finish = " ".join(content.split()[:limit]), "length"
         model = body.get("model", "stub")
+        with self.lock:
+            usage = usage_for(self.config, messages, content)
         if body.get("stream"):
-            self._stream(handler, model, content, finish)
+            wanted = (body.get("stream_options") or {}).get("include_usage")
+            self._stream(handler, model, content, finish, usage=usage if wanted else None)
             return
         handler._json(
             200,
@@ -295,7 +312,7 @@ class StubLLM:
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
                 ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                **({"usage": usage} if usage is not None else {}),
             },
         )
 
@@ -311,7 +328,12 @@ class StubLLM:
 
     @staticmethod
     def _stream(
-        handler: BaseHTTPRequestHandler, model: str, content: str, finish: str = "stop", error: dict | None = None
+        handler: BaseHTTPRequestHandler,
+        model: str,
+        content: str,
+        finish: str = "stop",
+        error: dict | None = None,
+        usage: dict | None = None,
     ) -> None:
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
@@ -340,7 +362,11 @@ class StubLLM:
             "model": model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
         }
-        handler.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+        handler.wfile.write(f"data: {json.dumps(end)}\n\n".encode())
+        if usage is not None:
+            last = {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": []}
+            handler.wfile.write(f"data: {json.dumps({**last, 'usage': usage})}\n\n".encode())
+        handler.wfile.write(b"data: [DONE]\n\n")
         handler.wfile.flush()
         handler.close_connection = True
 
