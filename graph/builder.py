@@ -2,7 +2,8 @@
 
 The convergence decision is made inside the node that produced the evidence (the critique or the revision) and
 written in the same superstep, so a stop is never lost between two checkpoints and no extra node (or checkpoint)
-is spent on it. Each node runs in ``observed_node``: its step's metrics, span and log context (redraft/observability).
+is spent on it. Each node runs in ``observed_node``: its step's metrics, span and log context (redraft/observability),
+and in ``metered``: its model calls' tokens and cost logged, the run's budget enforced (graph/budget.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
+from redraft.graph.budget import metered
 from redraft.graph.public import QueryInput, QueryOutput, QueryState, after_open, open_query, publish, shown_errors
 from redraft.graph.state import RedraftState, outcome_for
 from redraft.nodes.context import PublicContext, RedraftContext
@@ -39,9 +41,9 @@ async def after_revise(state: RedraftState) -> str:
 
 def _add_loop(builder: StateGraph, done: str, wrap: Callable = lambda node: node) -> None:
     """draft -> critique -> revise -> (critique | ``done``), and critique -> ``done`` when the critic is done."""
-    builder.add_node("draft", wrap(observed_node("draft", draft)))
-    builder.add_node("critique", wrap(observed_node("critique", critique)))
-    builder.add_node("revise", wrap(observed_node("revise", revise)))
+    builder.add_node("draft", wrap(observed_node("draft", metered("draft", draft))))
+    builder.add_node("critique", wrap(observed_node("critique", metered("critique", critique))))
+    builder.add_node("revise", wrap(observed_node("revise", metered("revise", revise))))
     builder.add_edge("draft", "critique")
     builder.add_conditional_edges("critique", after_critique, {"revise": "revise", END: done})
     builder.add_conditional_edges("revise", after_revise, {"critique": "critique", END: done})

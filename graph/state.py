@@ -7,8 +7,8 @@
 Nodes never write whole slots. They write small *events* (``open``, ``draft``, ``critique``, ``revision`` and,
 for forks and human edits, ``edit_critique`` / ``edit_revision``) into a ``DeltaChannel``, which stores each event
 once in the checkpoint writes and rebuilds the list by replaying them. Storage therefore grows with the text
-written, not with ``iterations x text`` as a plain list reducer would. ``scores``, ``outcomes``, ``history`` and
-``truncations`` are append-only logs on the same channel type.
+written, not with ``iterations x text`` as a plain list reducer would. ``scores``, ``outcomes``, ``history``,
+``truncations`` and ``usage`` are append-only logs on the same channel type.
 
 The phase of a slot is read from its array lengths, never stored.
 """
@@ -26,7 +26,7 @@ from typing_extensions import TypedDict
 
 # Full snapshots of a delta channel cost a copy of everything it holds; make them rare. At 50 refine loops a slot
 # sees ~102 run_log updates, so no snapshot is written; replay depth stays bounded for very long threads.
-SNAPSHOT_EVERY = 256
+SNAPSHOT_EVERY = 32
 
 Phase = Literal["empty", "needs_draft", "ready_to_critique", "needs_revision", "done"]
 
@@ -150,7 +150,13 @@ class RedraftState(TypedDict, total=False):
     # revision number), "finish_reason": "length", "max_tokens", "action": "retried" | "accepted", "retry_max_tokens"}.
     # Empty in checkpoints written before it existed.
     truncations: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
-    # Small per-query run settings: companion, similarity_threshold, max_loops, clear_history, mode.
+    # Tokens and cost of every model call, one entry per call (nodes/usage.py, written by graph/budget.py's metering
+    # of each step): {"slot", "node", "n" (critique/revision number), "model", "input_tokens", "output_tokens",
+    # "estimated" (no usage reported: counted here), "cost" (USD, None when the price is unknown), "run" (the run
+    # that made it)}. A fork's branch holds its own entries; a resumed run adds to them. Empty in older checkpoints.
+    usage: Annotated[list[dict], DeltaChannel(extend, snapshot_frequency=SNAPSHOT_EVERY)]
+    # Small per-query run settings: companion, similarity_threshold, max_loops, clear_history, mode, and the run
+    # budgets max_tokens_per_run / max_cost_per_run (None: none).
     run_config: dict[str, Any]
 
 

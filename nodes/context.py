@@ -12,6 +12,7 @@ Two shapes reach a node:
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ class RedraftContext:
     stepwise: bool = False
     # A human decision for exactly one gate of this run: {"gate", "slot", "round", "decision"} (see nodes/gate.py).
     answer: dict | None = None
+    # Marks this run's model calls in the usage log, so the run's budget counts its own calls (graph/budget.py).
+    run_marker: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
         if self.models is None:

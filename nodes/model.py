@@ -30,7 +30,9 @@ from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 
 from redraft.errors import ConfigError, ContextOverflowError, DrainingError, ModelError
+from redraft.nodes import usage
 from redraft.nodes.deadline import model_http_client, model_timeout
+from redraft.nodes.pricing import cost_of
 from redraft.nodes.roles import Endpoint, endpoint_of, for_role, role_samplings
 from redraft.observability.modelcalls import ModelCall
 from redraft.settings import Settings
@@ -176,6 +178,8 @@ class ModelProvider:
             http_async_client=model_http_client(s.request_timeout, s.connect_timeout),
             stream_chunk_timeout=0,
             max_retries=s.max_retries,
+            # streamed replies end with their token usage where the endpoint supports it (else it is estimated)
+            stream_usage=s.stream_usage,
         )
 
     async def complete(
@@ -195,10 +199,32 @@ class ModelProvider:
             )
         sampling = for_role(sampling, purpose)
         hint = _with_max_tokens_hint(overflow_hint, sampling.get("max_tokens"))
-        text, finish = await ask(self.get(sampling, bind), messages, purpose, hint)
+        text, finish = await self._ask(sampling, messages, purpose, hint, bind)
         if finish == "length":
             return await self._truncated(sampling, messages, purpose, hint, text, bind)
         return Reply(_non_empty(text, purpose))
+
+    async def _ask(
+        self, sampling: dict[str, Any], messages: list[BaseMessage], purpose: str, hint: str, bind: dict | None
+    ) -> tuple[str, str | None]:
+        """One call, its tokens and cost noted for the step that made it (nodes/usage.py)."""
+        text, finish, reply = await ask_reply(self.get(sampling, bind), messages, purpose, hint)
+        counted = usage.reported(reply)
+        estimated = counted is None
+        if counted is None:
+            counted = await usage.estimate(messages, text)
+        model = sampling["model"]
+        base_url = endpoint_of(self.settings, sampling).base_url
+        usage.note_call(
+            {
+                "model": model,
+                "input_tokens": counted[0],
+                "output_tokens": counted[1],
+                "estimated": estimated,
+                "cost": await cost_of(self.settings, model, base_url, counted[0], counted[1]),
+            }
+        )
+        return text, finish
 
     async def _truncated(
         self,
@@ -220,7 +246,7 @@ class ModelProvider:
         if policy == "retry" and limit:
             room = 2 * int(limit)
             try:
-                text, finish = await ask(self.get({**sampling, "max_tokens": room}, bind), messages, purpose, hint)
+                text, finish = await self._ask({**sampling, "max_tokens": room}, messages, purpose, hint, bind)
             except ContextOverflowError as exc:
                 raise ModelError(
                     f"{cut}, and a retry with max_tokens={room} does not fit the model's context window "
@@ -247,6 +273,14 @@ def truncation_update(reply: Reply, slot: int, node: str, n: int | None = None) 
 async def ask(model: Runnable, messages: list[BaseMessage], purpose: str, hint: str = "") -> tuple[str, str | None]:
     """One chat completion: its text and finish_reason (streamed or not). Every failure becomes a ``ModelError``
     without secrets in it. Measured (metrics, a GenAI span when tracing is on) by ``ModelCall``."""
+    text, finish, _ = await ask_reply(model, messages, purpose, hint)
+    return text, finish
+
+
+async def ask_reply(
+    model: Runnable, messages: list[BaseMessage], purpose: str, hint: str = ""
+) -> tuple[str, str | None, Any]:
+    """``ask``, also returning the reply message (its ``usage_metadata``: nodes/usage.py)."""
     with ModelCall(model, purpose) as call:
         try:
             try:
@@ -271,7 +305,7 @@ async def ask(model: Runnable, messages: list[BaseMessage], purpose: str, hint: 
     # Non-streamed replies carry finish_reason in response_metadata; streamed ones in the last chunk's, which
     # langchain merges into the aggregated message's response_metadata.
     finish = (getattr(reply, "response_metadata", None) or {}).get("finish_reason")
-    return (content or "").strip(), finish
+    return (content or "").strip(), finish, reply
 
 
 def model_error(exc: openai.APIError, purpose: str, hint: str = "") -> ModelError:

@@ -38,6 +38,13 @@ class RoleOverride(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
+class ModelPrice(BaseModel):
+    """A model's price in US dollars per million tokens (REDRAFT_PRICES)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class CompanionOverride(BaseModel):
     """Per-companion defaults an operator may override. ``None`` keeps the companion's own default. ``drafter``,
     ``critic`` and ``reviser`` give a role its own model, endpoint and sampling:
@@ -101,6 +108,17 @@ class Settings(BaseSettings):
     # URL, api.openai.com, *.openai.azure.com), the classic max_tokens for every other endpoint (llama.cpp, Ollama,
     # vLLM, LM Studio... read only that one). Exactly one of the two is sent.
     max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    # Ask streamed replies for their token usage (stream_options.include_usage); an endpoint that ignores it gets
+    # its tokens estimated (nodes/usage.py). Off for a server that refuses the field.
+    stream_usage: bool = True
+    # Prices in USD per million tokens by model name, before the bundled genai-prices table; "*" prices every model
+    # neither names (REDRAFT_PRICES='{"*": 0}' for local models). A number is both input and output price. A model
+    # priced nowhere has cost null.
+    prices: dict[str, ModelPrice | float] = Field(default_factory=dict)
+    # Budgets of one run (a refine, a background run, one step call): it stops with stop_reason "budget" once its
+    # model calls have used this many tokens (input + output) or this much cost in USD. Unset: no budget.
+    max_tokens_per_run: int | None = Field(default=None, ge=1)
+    max_cost_per_run: float | None = Field(default=None, gt=0)
 
     # The critic's answer (nodes/scoring.py): "structured" asks for {score: 0-10, issues: [{where, problem, fix}],
     # done} and parses it tolerantly (a reply that is not such JSON is kept as a prose critique, and noted);
