@@ -1,4 +1,5 @@
-"""Builds the graph: draft -> critique -> revise -> (critique | END), and critique -> END when the critic is done.
+"""Builds the graph: draft -> critique -> revise -> (critique | END), and critique -> END when the critic is done (and
+draft -> END when the draft used the run's budget: graph/budget.py).
 
 The convergence decision is made inside the node that produced the evidence (the critique or the revision) and
 written in the same superstep, so a stop is never lost between two checkpoints and no extra node (or checkpoint)
@@ -31,6 +32,10 @@ def _slot_done(state: RedraftState) -> bool:
 
 # Routers are coroutines on purpose: LangGraph runs a plain function router in the default thread pool, a thread hop
 # per step that costs time alone and queues behind a handful of worker threads under many concurrent runs.
+async def after_draft(state: RedraftState) -> str:
+    return END if _slot_done(state) else "critique"  # a draft that used the run's budget ends the query
+
+
 async def after_critique(state: RedraftState) -> str:
     return END if _slot_done(state) else "revise"
 
@@ -40,11 +45,11 @@ async def after_revise(state: RedraftState) -> str:
 
 
 def _add_loop(builder: StateGraph, done: str, wrap: Callable = lambda node: node) -> None:
-    """draft -> critique -> revise -> (critique | ``done``), and critique -> ``done`` when the critic is done."""
+    """draft -> critique -> revise -> (critique | ``done``), and critique (or a draft over budget) -> ``done``."""
     builder.add_node("draft", wrap(observed_node("draft", metered("draft", draft))))
     builder.add_node("critique", wrap(observed_node("critique", metered("critique", critique))))
     builder.add_node("revise", wrap(observed_node("revise", metered("revise", revise))))
-    builder.add_edge("draft", "critique")
+    builder.add_conditional_edges("draft", after_draft, {"critique": "critique", END: done})
     builder.add_conditional_edges("critique", after_critique, {"revise": "revise", END: done})
     builder.add_conditional_edges("revise", after_revise, {"critique": "critique", END: done})
 

@@ -5,21 +5,29 @@ too little data they say so instead of inventing numbers.
 Every advancing call records here, whoever made it: MCP tool calls (``LearningMiddleware``), MCP tasks and
 background runs (``server/tasks.py``) and ``redraft run`` / ``redraft resume``. Each row names the model that
 served it (the thread's sampling: the companion's model, the setting, or a per-call override), so the summary is
-split by companion and, within it, by model."""
+split by companion and, within it, by model.
+
+A finished run's row also keeps the query's tokens and cost, and the anomalies it showed (graph/anomalies.py), as
+JSON in its ``detail``. The summary's ``norms`` say what a typical run takes (median and 95th percentile of
+iterations, duration, tokens and cost, once ``MIN_RUNS`` runs have each figure) and ``anomalies`` lists recent runs
+beyond them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
 import uuid
 
+from redraft.graph.anomalies import anomalies, describe, figures, norms
 from redraft.graph.database import Database
 from redraft.nodes.roles import model_label
 
 WINDOW = 500  # most recent runs considered per companion
 MIN_RUNS = 3  # fewer than this: no suggestion, just the count
 UNKNOWN_MODEL = "unknown"  # rows recorded before stats named their model
+ANOMALIES_SHOWN = 50  # most recent runs whose anomalies a summary lists
 
 log = logging.getLogger("redraft.stats")
 
@@ -34,29 +42,39 @@ class StatsStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def record_call(self, companion: str, name: str, data: dict, elapsed: float, full_run: bool) -> None:
+    async def record_call(self, companion: str, name: str, data: dict, elapsed: float, full_run: bool) -> list[dict]:
         """What one advancing call (a tool call, a task's run, a CLI run) teaches: its phase transition and time
-        and, when it finished a query, the run's iterations, final similarity, stop reason and (for a whole run)
-        duration; all under the model that served it."""
+        and, when it finished a query, the run's iterations, final similarity, stop reason, (for a whole run)
+        duration, and the query's tokens and cost; all under the model that served it. A finished run beyond the
+        norms of the runs recorded before it is logged and recorded with its anomalies, which are returned."""
         model = model_of(data)
         await self.record(companion, "transition", duration_s=elapsed, detail=f"{name}->{data['phase']}", model=model)
-        if data["phase"] == "done" and data.get("stop_reason"):
-            await self.record(
-                companion,
-                "run",
-                iterations=len((data.get("slot") or {}).get("revision") or []),
-                final_similarity=(data.get("similarities") or [None])[-1],
-                stop_reason=data["stop_reason"],
-                duration_s=elapsed if full_run else None,
-                model=model,
-            )
+        if data["phase"] != "done" or not data.get("stop_reason"):
+            return []
+        found = figures(data, elapsed if full_run else None)
+        flags = anomalies(found, await self.summary(companion, transitions=False), model)
+        for one in flags:
+            log.warning("anomalous %s run: %s", companion, describe(one))
+        detail = {"tokens": found["tokens"], "cost": found["cost"], **({"anomalies": flags} if flags else {})}
+        await self.record(
+            companion,
+            "run",
+            iterations=found["iterations"],
+            final_similarity=(data.get("similarities") or [None])[-1],
+            stop_reason=data["stop_reason"],
+            duration_s=found["duration_s"],
+            detail=json.dumps(detail),
+            model=model,
+        )
+        return flags
 
-    async def record_quietly(self, companion: str, name: str, data: dict, elapsed: float, full_run: bool) -> None:
+    async def record_quietly(self, companion: str, name: str, data: dict, elapsed: float, full_run: bool) -> list[dict]:
         """``record_call`` for callers whose own work is done (the CLI): a stats failure is logged, not raised."""
         try:
-            await self.record_call(companion, name, data, elapsed, full_run)
+            return await self.record_call(companion, name, data, elapsed, full_run)
         except Exception:
             log.warning("could not record stats for %s", name, exc_info=True)
+            return []
 
     async def record(
         self,
@@ -95,10 +113,11 @@ class StatsStore:
             where += " AND coalesce(model, ?) = ?"
             params += [UNKNOWN_MODEL, model]
         runs = await self.db.fetchall(
-            "SELECT iterations, final_similarity, stop_reason, duration_s, model FROM redraft_stats "
-            f"WHERE {where} AND kind = 'run' ORDER BY created_at DESC LIMIT ?",
+            "SELECT iterations, final_similarity, stop_reason, duration_s, model, detail, created_at "
+            f"FROM redraft_stats WHERE {where} AND kind = 'run' ORDER BY created_at DESC LIMIT ?",
             (*params, WINDOW),
         )
+        runs = [_with_detail(r) for r in runs]
         out: dict = {"companion": companion, **({"model": model} if model is not None else {}), **_learned(runs)}
         if transitions:
             steps = await self.db.fetchall(
@@ -127,6 +146,8 @@ def _learned(runs: list[dict]) -> dict:
         stop_reasons[r["stop_reason"]] = stop_reasons.get(r["stop_reason"], 0) + 1
     out["stop_reasons"] = stop_reasons
     if len(runs) < MIN_RUNS:
+        out["norms"] = {}
+        out["anomalies"] = []
         out["suggestions"] = None
         out["note"] = f"Not enough data yet: {len(runs)} finished run(s) recorded, suggestions need {MIN_RUNS}."
         return out
@@ -142,8 +163,28 @@ def _learned(runs: list[dict]) -> dict:
         suggestions["recommended_threshold"] = round(min(0.999, max(0.5, statistics.median(settled))), 4)
     if len(durations) >= MIN_RUNS:
         suggestions["estimated_completion_s"] = round(statistics.median(durations), 3)
+    known = norms(runs, MIN_RUNS)
+    if "tokens" in known:
+        suggestions["typical_tokens"] = known["tokens"]["median"]
+    if "cost" in known:
+        suggestions["typical_cost"] = known["cost"]["median"]
     out["suggestions"] = suggestions
+    # what a typical run takes (median, 95th percentile) per figure with enough data; runs beyond it, newest first
+    out["norms"] = known
+    out["anomalies"] = [
+        {**flag, "at": r.get("created_at")} for r in runs[:ANOMALIES_SHOWN] for flag in r.get("anomalies") or []
+    ]
     return out
+
+
+def _with_detail(row: dict) -> dict:
+    """A run row with the tokens, cost and anomalies recorded in its ``detail`` (JSON; older rows have none)."""
+    try:
+        detail = json.loads(row.get("detail") or "{}")
+    except ValueError:
+        detail = {}
+    detail = detail if isinstance(detail, dict) else {}
+    return {**row, "tokens": detail.get("tokens"), "cost": detail.get("cost"), "anomalies": detail.get("anomalies")}
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -228,6 +228,16 @@ def show_thread(data: dict) -> None:
     if data.get("pending_gate"):
         out.print(f"[yellow]waiting for a decision before the {data['pending_gate']['gate']} step[/]")
     wide = out.is_terminal  # on a terminal a panel spans it; elsewhere it fits its text, never the huge width
+    usage = (data.get("usage") or {}).get("query") or {}
+    if usage.get("calls"):
+        cost = "unknown" if usage["cost"] is None else f"${usage['cost']:.6f}"
+        estimated = " (estimated)" if usage["estimated"] else ""
+        out.print(
+            f"tokens {usage['input_tokens']} in · {usage['output_tokens']} out{estimated} · cost {cost}"
+            f" · {usage['calls']} model call(s)"
+        )
+    for flag in data.get("anomalies") or []:
+        out.print(f"[yellow]unusual:[/] {flag['metric']} {flag['value']} > p95 {flag['p95']} ({flag['scope']})")
     if data.get("stop_reason"):
         out.print(f"stopped: [green]{data['stop_reason']}[/] · best version {data['best_version']}")
         out.print(Panel(data["final_text"], title="final text", expand=wide))

@@ -19,11 +19,12 @@ log = logging.getLogger("redraft.cli")
 
 async def call_done(
     runner: Any, sessions: Any, session_id: str, companion: str, name: str, result: dict, elapsed: float, full_run: bool
-) -> None:
+) -> list[dict]:
+    """Record the session's activity and the learning stats; return the run's anomalies (graph/anomalies.py)."""
     from redraft.server.stats import StatsStore
 
     try:
         await sessions.touch_quietly(CLI_PRINCIPAL, session_id)
     except Exception:
         log.debug("could not record the session's activity", exc_info=True)
-    await StatsStore(runner.persistence.db).record_quietly(companion, name, result, elapsed, full_run)
+    return await StatsStore(runner.persistence.db).record_quietly(companion, name, result, elapsed, full_run)

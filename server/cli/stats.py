@@ -17,8 +17,8 @@ def stats(
     as_json: JsonOption = False,
     database_url: DbOption = None,
 ) -> None:
-    """Learned stats: runs, stop reasons, typical iterations, recommended threshold and completion time, by
-    companion and model."""
+    """Learned stats: runs, stop reasons, typical iterations, recommended threshold, completion time, tokens and
+    cost, by companion and model; and recent runs beyond the 95th percentile of them."""
 
     async def main() -> list[dict]:
         from redraft.graph.companions import COMPANION_MAP, get_companion
@@ -32,7 +32,9 @@ def stats(
     def human(summaries: list[dict]) -> None:
         from rich.table import Table
 
-        table = Table("companion", "model", "runs", "stop reasons", "iterations", "threshold", "completion")
+        table = Table(
+            "companion", "model", "runs", "stop reasons", "iterations", "threshold", "completion", "tokens", "cost"
+        )
         for s in summaries:
             for m in s["by_model"].values() or [{"model": "-", **s}]:
                 hints = m.get("suggestions") or {}
@@ -44,7 +46,16 @@ def stats(
                     str(hints.get("typical_iterations", "")),
                     str(hints.get("recommended_threshold", "")),
                     f"{hints['estimated_completion_s']} s" if "estimated_completion_s" in hints else "",
+                    str(hints.get("typical_tokens", "")),
+                    f"${hints['typical_cost']:.6f}" if "typical_cost" in hints else "",
                 )
         out.print(table)
+        for s in summaries:  # runs beyond the companion's norms, with the figure and the norm it broke
+            for flag in s.get("anomalies") or []:
+                if flag["scope"] == "companion":
+                    out.print(
+                        f"[yellow]unusual {s['companion']} run:[/] {flag['metric']} {flag['value']} > p95 "
+                        f"{flag['p95']} (median {flag['median']}, {flag['runs']} runs)"
+                    )
 
     emit(execute(main), as_json, human)
