@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench lint clean
+.PHONY: serve test bench lint clean chromium
 
 # Bootstrap output goes to stderr: `make serve` speaks MCP on stdout.
 $(STAMP): pyproject.toml
@@ -24,9 +24,17 @@ serve: $(STAMP)  ## MCP server over stdio on the embedded SQLite database (see R
 # The suite runs in parallel (pytest-xdist): the fault tests spend most of their time waiting on stalls and leases.
 JOBS ?= 2
 # Tests marked solo (timing bounds on this process's own event loop) run alone afterwards; exit 5 = none selected.
-test: $(STAMP)  ## the whole test suite (PostgreSQL tests fail, never skip, when CI=true)
+test: $(STAMP) chromium  ## the whole test suite (PostgreSQL tests fail, never skip, when CI=true)
 	$(BIN)/python -m pytest -n $(JOBS) -m "not solo" $(ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest -m solo $(ARGS) || [ $$? -eq 5 ]
+
+# The viewer's browser tests (tests/test_viewer.py) drive Debian's chromium: installed when missing, as root (or with
+# passwordless sudo) where possible; otherwise those tests skip with the reason (and fail with CI=true).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ $(SUDO) apt-get install -y -q chromium >&2 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } >&2; } \
+	|| echo "chromium could not be installed: the viewer's browser tests will skip (CI=true: fail)" >&2
 
 bench: $(STAMP)  ## benchmarks: prints a table and writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)

@@ -121,6 +121,9 @@ def create_server(settings: Settings | None = None, models: ModelProvider | None
     register_runs(mcp, state)
     register_prompts(mcp, state)  # one MCP prompt per companion (server/prompts.py)
     register_ops(mcp, state)  # /healthz, /readyz, /metrics over HTTP (server/ops.py)
+    from redraft.server.viewer import register_viewer
+
+    register_viewer(mcp, state)  # the time-travel viewer at /ui over HTTP (server/viewer/)
     return mcp
 
 

@@ -22,6 +22,7 @@ from redraft.server.cli import threads  # noqa: F401  isort: skip
 from redraft.server.cli import config  # noqa: F401  isort: skip
 from redraft.server.cli import prune  # noqa: F401  isort: skip
 from redraft.server.cli import stats  # noqa: F401  isort: skip
+from redraft.server.cli import ui  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]
 
