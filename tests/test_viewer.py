@@ -325,6 +325,7 @@ async def test_open_server_lists_only_sessions_opened_here(tmp_path, stub):
     try:
         sid = await session_with_refine(v.mcp, max_loops=2)
         async with httpx.AsyncClient(base_url=v.base, follow_redirects=False, timeout=30) as http:
+            assert (await http.get("/ui/login")).status_code == 303  # nothing to sign in to
             assert sid not in (await http.get("/ui")).text  # a session id is a capability: not listed to anyone
             assert (await http.get(f"/ui/s/{sid}/generic")).status_code == 200
             assert sid in (await http.get("/ui")).text  # ... until this browser opened it

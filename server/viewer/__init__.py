@@ -9,7 +9,7 @@
   every second and swaps in the parts that changed).
 * Access (``security.py``): the server's own auth when it has some, a launch key for ``redraft ui``, otherwise as open
   as ``/mcp``; CSRF tokens on every action; a strict Content-Security-Policy; every text escaped (Jinja2 autoescape).
-* Offline and small: Jinja2 templates, one stylesheet, ~150 lines of plain JavaScript, and the chart is inline SVG
+* Offline and small: Jinja2 templates, one stylesheet, about 100 lines of plain JavaScript, and the chart is inline SVG
   drawn by the template. Nothing is fetched from elsewhere.
 """
 
@@ -28,11 +28,28 @@ def register_viewer(mcp, app) -> None:
 
     viewer = Viewer(mcp, app)
     _viewers[mcp] = viewer
+    mcp.add_provider(_provider(viewer.actions))  # at shutdown, actions still running are cancelled
     # the auth middleware of /mcp runs for these routes too; the viewer decides (auth mode: bearer header or cookie)
     for path in ("/ui", "/ui/{rest:path}"):
         mcp._additional_http_routes.append(
             Route(path, viewer, methods=["GET", "HEAD", "POST"], include_in_schema=False)
         )
+
+
+def _provider(actions):
+    import contextlib
+
+    from fastmcp.server.providers.base import Provider
+
+    class ActionsLifespan(Provider):
+        @contextlib.asynccontextmanager
+        async def lifespan(self):
+            try:
+                yield
+            finally:
+                await actions.close()
+
+    return ActionsLifespan()
 
 
 def use_launch_key(mcp, key: str) -> None:

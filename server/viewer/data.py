@@ -182,6 +182,7 @@ async def branches_side_by_side(runner, thread: str, names: BranchNames) -> list
                 "tip": tip,
                 "short": short(tip),
                 "name": names.name(tip),
+                "number": names.number.get(tip, 0),
                 "head": tip == names.head,
                 "fork_point": fork,
                 "fork_short": short(fork),

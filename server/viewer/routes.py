@@ -248,14 +248,18 @@ class Viewer:
     # --- sign-in ------------------------------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
+        if self.access.mode == "open":  # nothing to sign in to: /ui is as open as /mcp
+            response = RedirectResponse("/ui", status_code=303)
+            remember(response, request)
+            return response
         if request.method != "POST":
             return self.render(request, "login.html", failed=False)
         form = await request.form(max_fields=8, max_part_size=16384)
         if not csrf_ok(request, form.get("csrf")):
             return self.render(request, "problem.html", status=403, code="csrf", message="Reload the page and retry.")
         secret = form.get("token")
-        if self.access.mode == "open" or not isinstance(secret, str) or not await self.access.sign_in(secret):
-            return self.render(request, "login.html", status=401, failed=self.access.mode != "open")
+        if not isinstance(secret, str) or not await self.access.sign_in(secret):
+            return self.render(request, "login.html", status=401, failed=True)
         response = RedirectResponse("/ui", status_code=303)
         set_cookie(response, request, AUTH_COOKIE, secret)
         remember(response, request)
