@@ -1,10 +1,15 @@
 """When to stop refining, and which version to return.
 
-Three criteria, checked in this order after each step:
+Four criteria, checked in this order after each step:
 
-* ``critic_satisfied``: the critic says nothing is left to fix (checked after a critique, so no revision is wasted);
+* ``critic_satisfied``: the critic says nothing is left to fix (checked after a critique, so no revision is wasted):
+  a prose critique that is a stop phrase and nothing else, or a structured one with ``done`` and no issues;
+* ``min_score``: the critic scored the version at least ``min_score`` (0-10; off unless set);
 * ``converged``: the new revision is at least ``similarity_threshold`` similar to the version before it;
 * ``max_loops``: ``max_loops`` revisions have been made.
+
+The version returned is the one the critic scored highest when there are scores (nodes/scoring.py), else the rule in
+``best_version``.
 
 Similarity is bounded in time and memory whatever the texts (see ``_indel_distance`` and ``WordCache``), and callers
 on the event loop use ``similarity_async``, which scores big texts in a worker thread, in pieces that never hold the
@@ -27,7 +32,7 @@ from typing import TypeVar
 
 from rapidfuzz.distance import Indel
 
-STOP_REASONS = ("critic_satisfied", "converged", "max_loops")
+STOP_REASONS = ("critic_satisfied", "min_score", "converged", "max_loops")
 
 # The critic prompt asks for exactly NO_FURTHER_CHANGES; the pattern also accepts the usual paraphrases, but only as
 # the whole critique (around it nothing but spacing, punctuation and markup): a critique that starts with one and goes
@@ -201,13 +206,39 @@ def decide_after_revision(scores: list[float], revisions: int, threshold: float,
     return None
 
 
-def best_version(scores: list[float], n_versions: int, stop_reason: str) -> int:
+def decide_after_critique(score: float | None, min_score: float | None) -> str | None:
+    """``min_score`` when the critic's score of the current version reaches the run's ``min_score`` (None: off)."""
+    if min_score is not None and score is not None and score >= min_score:
+        return "min_score"
+    return None
+
+
+def critic_scores_for(state: dict, slot_index: int) -> dict[int, float | None]:
+    """The critic's score per version of a slot (version 0 = draft), from the ``scores`` log's score entries (a
+    later entry for the same version wins); empty for prose critiques and checkpoints written before scores."""
+    found: dict[int, float | None] = {}
+    for s in state.get("scores") or []:
+        if s["slot"] == slot_index and "score" in s:
+            found[s["iteration"]] = s["score"]
+    return found
+
+
+def best_version(
+    scores: list[float], n_versions: int, stop_reason: str, critic: dict[int, float | None] | None = None
+) -> int:
     """Index (0 = draft) of the version to return.
 
-    The newest version when the critic approved it or it converged. When the loop was cut off by ``max_loops``
-    without settling, the most settled revision (highest similarity to its predecessor; later wins ties), since a
-    still-oscillating tail is not evidence that the last one is best.
+    When the critic scored versions (``critic``: version -> score), the highest-scored one (later wins ties); a
+    version never scored (the last revision when the loop stops after a revision) is not chosen over a scored one.
+    Otherwise the newest version when the critic approved it or it converged. When the loop was cut off by
+    ``max_loops`` without settling, the most settled revision (highest similarity to its predecessor; later wins
+    ties), since a still-oscillating tail is not evidence that the last one is best.
     """
+    scored = [
+        (score, version) for version, score in (critic or {}).items() if score is not None and version < n_versions
+    ]
+    if scored:
+        return max(scored)[1]
     if n_versions <= 1 or stop_reason != "max_loops" or not scores:
         return n_versions - 1
     best = max(range(len(scores)), key=lambda i: (scores[i], i))
@@ -226,14 +257,35 @@ async def analyse_async(versions: list[str], threshold: float) -> dict:
     return report(scores, len(versions), threshold)
 
 
-def report(scores: list[float], n_versions: int, threshold: float) -> dict:
-    """The convergence report for a slot whose consecutive-version similarities are ``scores``."""
+def report(
+    scores: list[float],
+    n_versions: int,
+    threshold: float,
+    critic: dict[int, float | None] | None = None,
+    min_score: float | None = None,
+) -> dict:
+    """The convergence report for a slot whose consecutive-version similarities are ``scores`` and whose versions
+    the critic scored as ``critic`` says (version -> score): both side by side, per version, in ``by_version``."""
     pairs = [{"from": i, "to": i + 1, "similarity": round(s, 6)} for i, s in enumerate(scores)]
     last = pairs[-1]["similarity"] if pairs else None
+    critic = critic or {}
+    given = [(v, s) for v, s in sorted(critic.items()) if s is not None]
     return {
         "versions": n_versions,
         "threshold": threshold,
         "similarities": pairs,
         "latest_similarity": last,
         "converged": last is not None and last >= threshold,
+        "scores": [{"version": v, "score": s} for v, s in sorted(critic.items())],
+        "latest_score": given[-1][1] if given else None,
+        "best_score": max(s for _, s in given) if given else None,
+        "min_score": min_score,
+        "by_version": [
+            {
+                "version": k,
+                "similarity_to_previous": pairs[k - 1]["similarity"] if 0 < k <= len(pairs) else None,
+                "score": critic.get(k),
+            }
+            for k in range(n_versions)
+        ],
     }

@@ -37,6 +37,7 @@ def open_input(
     similarity_threshold: float | None = None,
     max_loops: int | None = None,
     mode: str | None = None,
+    min_score: float | None = None,
 ) -> dict:
     """The graph input ``{"run_log": [open event], "run_config": {...}}``; its event's ``slot`` is filled in by the
     caller once the thread's run_log length is known (under the thread's lease, for redraft's own tools)."""
@@ -47,6 +48,11 @@ def open_input(
         raise InvalidInputError(f"similarity_threshold must be between 0 and 1, got {threshold!r}.")
     if isinstance(loops, bool) or not isinstance(loops, int) or not 1 <= loops <= MAX_LOOPS:
         raise InvalidInputError(f"max_loops must be an integer from 1 to {MAX_LOOPS}, got {loops!r}.")
+    min_score = companion.min_score if min_score is None else min_score
+    if min_score is not None and (
+        isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 10.0
+    ):
+        raise InvalidInputError(f"min_score must be between 0 and 10, got {min_score!r}.")
     if mode not in (None, "auto", "step"):
         raise InvalidInputError(f"mode must be 'auto' or 'step', got {mode!r}.")
     try:
@@ -59,6 +65,8 @@ def open_input(
             "companion": companion.name,
             "similarity_threshold": float(threshold),
             "max_loops": loops,
+            # stop once the critic scores a version at least this (None: off; older checkpoints lack the key)
+            "min_score": None if min_score is None else float(min_score),
             "clear_history": companion.clear_history,
             "mode": mode or companion.mode,
         },

@@ -63,6 +63,15 @@ class QueryInput(TypedDict, total=False):
             description="Stop once a revision is at least this similar to the one before (default: the companion's).",
         ),
     ]
+    min_score: Annotated[
+        float,
+        EphemeralValue,
+        Field(
+            ge=0.0,
+            le=10.0,
+            description="Stop once the critic scores a version at least this, 0-10 (default: off).",
+        ),
+    ]
     mode: Annotated[
         Literal["auto", "step"],
         EphemeralValue,
@@ -75,7 +84,7 @@ class QueryOutput(TypedDict, total=False):
 
     answer: Annotated[str | None, Field(description="The best version of the answer (the draft or a revision).")]
     stop_reason: Annotated[
-        StopReason | None, Field(description="critic_satisfied, converged or max_loops; null while running.")
+        StopReason | None, Field(description="critic_satisfied, min_score, converged or max_loops; null while running.")
     ]
     iterations: Annotated[int, Field(description="Revisions made.")]
     similarities: Annotated[
@@ -121,6 +130,7 @@ async def open_query(state: QueryState, runtime: Runtime) -> dict:
         state.get("similarity_threshold"),
         state.get("max_loops"),
         state.get("mode"),
+        state.get("min_score"),
     )
     if may_start(state, graph_input, "starting another query", _FINISH_HINT):
         return dict(_CLEARED)  # the same query again, whose draft failed: draft it now

@@ -91,8 +91,11 @@ class Runner:
         sampling: dict | None = None,
         similarity_threshold: float | None = None,
         max_loops: int | None = None,
+        min_score: float | None = None,
     ) -> dict:
-        return open_input(self.settings, companion, query, sampling, similarity_threshold, max_loops)
+        return open_input(
+            self.settings, companion, query, sampling, similarity_threshold, max_loops, min_score=min_score
+        )
 
     async def _run(
         self,

@@ -141,7 +141,8 @@ class Summaries:
         writes = [w for w in (parent.pending_writes or []) if w[1] not in values] if parent is not None else []
         events = [ev for _, ch, v in writes if ch == "run_log" for ev in _items(v)]
         outcomes = [o for _, ch, v in writes if ch == "outcomes" for o in _items(v)]
-        scores = [s for _, ch, v in writes if ch == "scores" for s in _items(v)]
+        # similarity entries only: the critic's score entries (nodes/scoring.py) share the log
+        scores = [s for _, ch, v in writes if ch == "scores" for s in _items(v) if "similarity" in s]
 
         base: dict | None = None
         stored_run_log = _stored(values, "run_log")
@@ -187,7 +188,8 @@ class Summaries:
             info["similarity"] = scores[-1]["similarity"]
         elif source == "update" and info["node"] == "revise":
             stored_scores = _stored(values, "scores")
-            mine_scores = [s for s in (stored_scores if stored_scores is not _ABSENT else []) if s["slot"] == slot]
+            stored = stored_scores if stored_scores is not _ABSENT else []
+            mine_scores = [s for s in stored if s["slot"] == slot and "similarity" in s]
             info["similarity"] = mine_scores[-1]["similarity"] if mine_scores else None
         return info
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.types import StateSnapshot
 
-from redraft.graph.convergence import report
+from redraft.graph.convergence import critic_scores_for, report
 from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_for, versions
 
 
@@ -57,7 +57,16 @@ def describe(thread_id: str, snap: StateSnapshot | RunEnd) -> dict:
         "slot": slot,
         "similarities": scores,
         # the scores stored when each revision was made (same function as the convergence resource recomputes)
-        "convergence": report(scores, len(vs), run_config.get("similarity_threshold", 1.0)) if vs else None,
+        # and the critic's score of each version beside them (structured critiques: nodes/scoring.py)
+        "convergence": report(
+            scores,
+            len(vs),
+            run_config.get("similarity_threshold", 1.0),
+            critic_scores_for(state, index),
+            run_config.get("min_score"),
+        )
+        if vs
+        else None,
         "stop_reason": outcome["stop_reason"] if outcome else None,
         "best_version": outcome["best"] if outcome else None,
         "final_text": vs[outcome["best"]] if outcome else None,

@@ -1,12 +1,12 @@
 """Prompt texts. They live in code, never in checkpoints: a thread stores only the companion's name.
 
-Each companion has a ``PromptSet``. The critic prompt always asks for the exact stop phrase so convergence can be
-detected reliably (see ``graph.convergence``).
+Each companion has a ``PromptSet``. The prose critic prompt asks for the exact stop phrase so convergence can be
+detected reliably (see ``graph.convergence``); ``structured`` turns it into the scored JSON critic's (nodes/scoring.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redraft.graph.convergence import NO_FURTHER_CHANGES
 
@@ -21,6 +21,14 @@ class PromptSet:
 _CRITIC_TAIL = (
     "List concrete, actionable problems, most important first. Do not rewrite the text yourself. "
     f"If nothing is left to fix, reply with exactly: {NO_FURTHER_CHANGES}"
+)
+# The structured critic (nodes/scoring.py) answers one JSON object instead; the reviser reads it rendered as text.
+_STRUCTURED_CRITIC_TAIL = (
+    "Do not rewrite the text yourself. Reply with one JSON object and nothing else: "
+    '{"score": <integer 0-10, how good the most recent version is; 10 = nothing left to improve>, '
+    '"issues": [{"where": "<the part concerned>", "problem": "<what is wrong>", "fix": "<the concrete change>"}], '
+    '"done": <true only if nothing is left to fix>}. List concrete, actionable issues, most important first; when '
+    'nothing is left to fix, reply {"score": 10, "issues": [], "done": true}.'
 )
 _REVISER_TAIL = (
     "Apply every point of the critique that is correct. Keep what already works. "
@@ -57,3 +65,9 @@ SUMMARY = PromptSet(
     "supported by the source, and wordiness. " + _CRITIC_TAIL,
     revise_system="You are an editor revising a summary using a fact-checking critic's review. " + _REVISER_TAIL,
 )
+
+
+def structured(prompts: PromptSet) -> PromptSet:
+    """The same prompts with the critic asked for a scored JSON critique instead of prose."""
+    intro = prompts.critique_system.removesuffix(_CRITIC_TAIL)
+    return replace(prompts, critique_system=intro + _STRUCTURED_CRITIC_TAIL)

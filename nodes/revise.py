@@ -5,10 +5,11 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from redraft.errors import PhaseError
-from redraft.graph.convergence import decide_after_revision, similarity_async
+from redraft.graph.convergence import decide_after_revision
 from redraft.graph.state import RedraftState, apply_run_log_events, current_text, event, phase_of, scores_for
 from redraft.nodes.context import context_of
 from redraft.nodes.critique import finish
+from redraft.nodes.embeddings import similarity_of
 from redraft.nodes.gate import gate
 from redraft.nodes.model import Reply, truncation_update
 from redraft.nodes.windows import revise_messages
@@ -41,11 +42,12 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
     text = reply.text
     events.append(event("revision", index, iteration, text=text))
 
-    score = await similarity_async(previous, text)  # big texts are scored off the event loop
+    # text similarity scores big texts off the event loop; embedding similarity falls back to it (and says so)
+    score, method = await similarity_of(ctx.settings, previous, text)
     scores = [*scores_for(state, index), score]
     update: dict = {
         "run_log": events,
-        "scores": [{"slot": index, "iteration": iteration, "similarity": score}],
+        "scores": [{"slot": index, "iteration": iteration, "similarity": score, **method}],
         **truncation_update(reply, index, "revise", iteration),
     }
     run_config = state["run_config"]

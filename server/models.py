@@ -95,6 +95,7 @@ class CompanionInfo(BaseModel):
     temperature: float | None
     similarity_threshold: float
     max_loops: int
+    min_score: float | None = Field(default=None, description="stop once the critic scores a version this high")
     clear_history: bool
     mode: str
 

@@ -11,10 +11,17 @@ from fastmcp.exceptions import ResourceError
 from redraft.errors import NotFoundError
 from redraft.graph.companions import get_companion
 from redraft.graph.convergence import analyse_async
+from redraft.graph.convergence import report as convergence_report
 from redraft.graph.state import versions
 from redraft.server.middleware import guard
 
 BASE = "redraft://sessions/{session_id}/{companion}"
+
+
+def analyse_report(text_report: dict, critic: dict, min_score: float | None) -> dict:
+    """The recomputed text-similarity report with the critic's scores beside each version."""
+    sims = [p["similarity"] for p in text_report["similarities"]]
+    return convergence_report(sims, text_report["versions"], text_report["threshold"], critic, min_score)
 
 
 def register_resources(mcp: FastMCP, app) -> None:
@@ -47,14 +54,25 @@ def register_resources(mcp: FastMCP, app) -> None:
     @guard(ResourceError)
     async def convergence(session_id: str, companion: str) -> str:
         """Similarities between consecutive versions (computed from the texts), the threshold and whether it
-        converged."""
+        converged; beside them the critic's score of each version (structured critiques), min_score, the
+        similarities stored when each revision was made (embedding ones, when REDRAFT_SIMILARITY=embedding) and the
+        best version."""
         status, slot = await current(session_id, companion)
         vs = versions(slot)
         if not vs:
             raise NotFoundError("The current query has no draft yet.")
-        report = await analyse_async(vs, status["run_config"]["similarity_threshold"])
-        report.update(stop_reason=status["stop_reason"], max_loops=status["run_config"]["max_loops"])
-        return json.dumps(report)
+        run_config = status["run_config"]
+        report = await analyse_async(vs, run_config["similarity_threshold"])
+        stored = status["convergence"] or {}
+        critic = {s["version"]: s["score"] for s in stored.get("scores") or []}
+        scored = analyse_report(report, critic, run_config.get("min_score"))
+        scored.update(
+            stop_reason=status["stop_reason"],
+            max_loops=run_config["max_loops"],
+            best_version=status["best_version"],
+            stored_similarities=[p["similarity"] for p in stored.get("similarities") or []],
+        )
+        return json.dumps(scored)
 
     @mcp.resource("redraft://stats/{companion}", mime_type="application/json")
     @guard(ResourceError)

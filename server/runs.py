@@ -222,7 +222,7 @@ class _RunsLifespan(Provider):
 def register_runs(mcp: FastMCP, app) -> RunService:
     """Add the run tools and resource, and the run queue's start-up; sets ``app.run_service``."""
     from redraft.server.models import Sampling
-    from redraft.server.tools import CompanionName, MaxLoops, Threshold, _options
+    from redraft.server.tools import CompanionName, MaxLoops, MinScore, Threshold, _options
     from redraft.server.validation import ID_CHARS, text
 
     service = RunService(mcp, app)
@@ -242,6 +242,7 @@ def register_runs(mcp: FastMCP, app) -> RunService:
         similarity_threshold: Threshold = None,
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
+        min_score: MinScore = None,
         multitask_strategy: Annotated[
             Strategy,
             Field(
@@ -254,7 +255,7 @@ def register_runs(mcp: FastMCP, app) -> RunService:
         """Start refine as a background run and return its run_id at once. Follow it with run_status, wait_run (a
         long poll) or the redraft://runs/{run_id} resource; stop it with cancel_run. Same arguments as refine."""
         thread = await app.thread(session_id, companion)
-        options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
+        options = _options(similarity_threshold, max_loops, sampling, min_score) if query is not None else {}
         # refuse what cannot run now, before anything is created (with a run active on the thread, the thread's
         # phase when this run starts is not known yet: the run itself reports it)
         graph_input = app.runner.open_input(app.runner.companion(companion), query, **options) if query else None

@@ -34,6 +34,10 @@ Threshold = Annotated[
     float | None, Field(ge=0.0, le=1.0, description="Stop when consecutive versions are this similar.")
 ]
 MaxLoops = Annotated[int | None, Field(ge=1, le=1000, description="At most this many critique/revise loops.")]
+MinScore = Annotated[
+    float | None,
+    Field(ge=0.0, le=10.0, description="Stop once the critic scores a version at least this (0-10; default off)."),
+]
 
 
 def view(session_id: str, companion: str, data: dict, stats: dict | None = None) -> ThreadView:
@@ -58,8 +62,10 @@ def progress_reporter(ctx: Context):
     return on_step
 
 
-def _options(similarity_threshold, max_loops, sampling: Sampling | None) -> dict:
+def _options(similarity_threshold, max_loops, sampling: Sampling | None, min_score: float | None = None) -> dict:
     options: dict = {"similarity_threshold": similarity_threshold, "max_loops": max_loops}
+    if min_score is not None:
+        options["min_score"] = min_score
     if sampling is not None:
         options["sampling"] = sampling.model_dump(exclude_none=True)
     return options
@@ -120,11 +126,12 @@ def register_tools(mcp: FastMCP, app) -> None:
         similarity_threshold: Threshold = None,
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
+        min_score: MinScore = None,
     ) -> ThreadView:
         """Start a new query on the companion's thread: adds a run_log slot and writes the draft. Refuses if the
         thread's current query is unfinished."""
         thread = await app.thread(session_id, companion)
-        options = _options(similarity_threshold, max_loops, sampling)
+        options = _options(similarity_threshold, max_loops, sampling, min_score)
         return view(session_id, companion, await app.runner.draft(thread, companion, query, **options))
 
     @mcp.tool
@@ -156,12 +163,14 @@ def register_tools(mcp: FastMCP, app) -> None:
         similarity_threshold: Threshold = None,
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
+        min_score: MinScore = None,
     ) -> ThreadView:
-        """Run draft -> critique -> revise until the critic is satisfied, consecutive versions converge, or max_loops
-        is reached. Sends a progress notification after every step. In `step` mode it stops at each human gate:
-        answer with `resume`. As an MCP background task it returns a task id at once; progress is the task's status
-        message and a gate is the task state input_required; `run_status(task_id)` shows the same run."""
-        options = _options(similarity_threshold, max_loops, sampling) if query is not None else {}
+        """Run draft -> critique -> revise until the critic is satisfied (or scores a version at least min_score),
+        consecutive versions converge, or max_loops is reached. Sends a progress notification after every step. In
+        `step` mode it stops at each human gate: answer with `resume`. As an MCP background task it returns a task
+        id at once; progress is the task's status message and a gate is the task state input_required;
+        `run_status(task_id)` shows the same run."""
+        options = _options(similarity_threshold, max_loops, sampling, min_score) if query is not None else {}
         if task_id_of(ctx):  # a background task: its run record, progress as status messages, gates as input_required
             thread = await task_thread(app, ctx, session_id, companion)
 

@@ -14,9 +14,11 @@ processes configure it over HTTP: ``POST /_control`` and ``GET /_requests``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +57,8 @@ def answer(cfg: dict[str, Any], node: str, messages: list[dict]) -> str:
         match = re.search(r"Review round (\d+)", user)
         rnd = int(match.group(1)) if match else 1
         stop = cfg["critic_stop_round"]
+        if cfg.get("critic_format", "prose") != "prose":
+            return scored_critique(cfg, rnd, stop is not None and rnd >= stop, user)
         if stop is not None and rnd >= stop:
             return cfg.get("critic_stop_text", "NO FURTHER CHANGES")
         return f"Round {rnd}: " + " ".join(words_for(f"critique{rnd}{user[:64]}", cfg["critique_words"])) + "."
@@ -71,6 +75,33 @@ def answer(cfg: dict[str, Any], node: str, messages: list[dict]) -> str:
         options = [w for w in VOCAB if w != words[pos] and len(w) == len(words[pos])] or VOCAB
         words[pos] = options[(j + k) % len(options)]  # same length: the text neither grows nor shrinks
     return " ".join(words)
+
+
+def scored_critique(cfg: dict[str, Any], rnd: int, done: bool, user: str) -> str:
+    """A structured critique ({score, issues: [{where, problem, fix}], done}) as ``critic_format`` says: "json" (the
+    bare object), "fenced" (in a ```json block after a sentence of prose, with a trailing comma) or "malformed" (an
+    object cut short). Round k scores ``critic_scores[k-1]`` (the last value repeats); the issue names "Round k"."""
+    scores = cfg.get("critic_scores") or [5]
+    score = scores[min(rnd, len(scores)) - 1]
+    words = " ".join(words_for(f"critique{rnd}{user[:64]}", cfg["critique_words"]))
+    issues = [] if done else [{"where": f"Round {rnd}", "problem": words, "fix": "change it"}]
+    body = json.dumps({"score": score, "issues": issues, "done": done})
+    fmt = cfg.get("critic_format")
+    if fmt == "fenced":
+        return f"Here is my review.\n```json\n{body[:-1]},}}\n```\nThanks."
+    if fmt == "malformed":
+        return f"Round {rnd}: " + body[: len(body) // 2]
+    return body
+
+
+def embedding(text: str, dims: int = 64) -> list[float]:
+    """A deterministic bag-of-words vector (hashed words, unit length): texts sharing words are close."""
+    vector = [0.0] * dims
+    for word in re.findall(r"\w+", text.lower()):
+        h = hashlib.sha256(word.encode()).digest()
+        vector[h[0] % dims] += 1.0 if h[1] % 2 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return [x / norm for x in vector]
 
 
 # What real servers answer (HTTP 400) when the prompt does not fit their context window, verbatim in shape.
@@ -128,6 +159,14 @@ DEFAULTS: dict[str, Any] = {
     # True: behave like llama.cpp, reading only the classic `max_tokens` field (never `max_completion_tokens`) and
     # cutting a longer reply at that many words, finish_reason "length"
     "honour_max_tokens": False,
+    # the critic's answer: "prose" (above), or a scored JSON critique: "json", "fenced" or "malformed" (see
+    # scored_critique), scoring round k critic_scores[k-1]
+    "critic_format": "prose",
+    "critic_scores": [5],
+    # True: answer a request carrying a response_format with HTTP 400, as servers without JSON mode do
+    "reject_response_format": False,
+    # False: no /v1/embeddings route (404), as a chat-only server
+    "embeddings": True,
     # the reply's token counts: a fixed {"prompt_tokens", "completion_tokens"}, "words" (words of the prompt's
     # messages and of the reply), or None for an endpoint that reports no usage. Streamed replies carry it in a last
     # chunk only when the request asks (stream_options.include_usage), as OpenAI does.
@@ -182,6 +221,9 @@ class StubLLM:
                     if body.get("reset_requests"):
                         stub.requests.clear()
                     self._json(200, {"ok": True})
+                    return
+                if self.path.endswith("/embeddings"):
+                    stub.embed(self, body)
                     return
                 if not self.path.endswith("/chat/completions"):
                     self._json(404, {"error": {"message": "not found"}})
@@ -256,8 +298,12 @@ class StubLLM:
                     "stream": bool(body.get("stream")),
                     "sampling": sampling,
                     "authorization": handler.headers.get("authorization"),
+                    "response_format": body.get("response_format"),
                 }
             )
+            if body.get("response_format") and self.config["reject_response_format"]:
+                handler._json(400, {"error": {"message": "response_format is not supported", "type": "stub"}})
+                return
             fault = next((f for f in self.faults if f.get("node") in (None, node)), None)
             if fault is not None:
                 self.faults.remove(fault)
@@ -315,6 +361,25 @@ class StubLLM:
                 **({"usage": usage} if usage is not None else {}),
             },
         )
+
+    def embed(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        """POST /v1/embeddings: one ``embedding`` per input text, as floats or (the openai client's default) base64."""
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else list(texts or [])
+        with self.lock:
+            self.requests.append({"node": "embeddings", "input": texts, "model": body.get("model")})
+            available = self.config["embeddings"]
+        if not available:
+            handler._json(404, {"error": {"message": "not found"}})
+            return
+        data = []
+        for i, text in enumerate(texts):
+            vector = embedding(text if isinstance(text, str) else " ".join(map(str, text)))
+            if body.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        handler._json(200, {"object": "list", "data": data, "model": body.get("model", "stub"), "usage": usage})
 
     @staticmethod
     def _empty_stream(handler: BaseHTTPRequestHandler) -> None:
