@@ -1,0 +1,60 @@
+"""Scored critiques as MCP clients see them: min_score on refine, scores beside similarities in the tool result and
+the convergence resource, min_score among a companion's defaults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastmcp.exceptions import ToolError
+
+from redraft.server.app import create_server
+from tests.clients import PlainClient
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def server(db_url, stub):
+    return create_server(make_settings(db_url, stub, companions={"code": {"min_score": 9}}))
+
+
+async def test_min_score_and_the_convergence_view_through_mcp(server, stub):
+    stub.configure(critic_format="json", critic_scores=[3, 7, 8], changes=[30])
+    async with PlainClient(server) as client:
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        args = {"session_id": sid, "query": "Explain MCP.", "max_loops": 5, "min_score": 7.5}
+        view = (await client.call_tool("refine", args)).structured_content
+        assert view["stop_reason"] == "min_score"
+        assert view["best_version"] == 2 and view["final_text"] == view["slot"]["revision"][1]
+        assert view["slot"]["critique"][0].startswith("Score: 3/10\n1. Round 1: ")
+        assert view["run_config"]["min_score"] == 7.5
+        assert [row["score"] for row in view["convergence"]["by_version"]] == [3.0, 7.0, 8.0]
+
+        uri = f"redraft://sessions/{sid}/generic/convergence"
+        conv = json.loads((await client.read_resource(uri))[0].text)
+        assert conv["stop_reason"] == "min_score" and conv["best_version"] == 2
+        assert (conv["min_score"], conv["latest_score"], conv["best_score"]) == (7.5, 8.0, 8.0)
+        rows = conv["by_version"]
+        assert [(r["version"], r["score"]) for r in rows] == [(0, 3.0), (1, 7.0), (2, 8.0)]
+        assert rows[0]["similarity_to_previous"] is None
+        assert [r["similarity_to_previous"] for r in rows[1:]] == [p["similarity"] for p in conv["similarities"]]
+        assert conv["stored_similarities"] == view["similarities"]
+
+        with pytest.raises(ToolError, match="min_score"):
+            await client.call_tool("refine", {"session_id": sid, "query": "Again.", "min_score": 11})
+
+
+async def test_a_companions_min_score_is_listed_and_used(server, stub):
+    stub.configure(critic_format="json", critic_scores=[9], changes=[30])
+    async with PlainClient(server) as client:
+        listed = (await client.call_tool("companions", {})).structured_content["companions"]
+        assert {c["name"]: c["min_score"] for c in listed} == {
+            "generic": None,
+            "code": 9.0,
+            "essay": None,
+            "summary": None,
+        }
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        args = {"session_id": sid, "companion": "code", "query": "Write a sort."}
+        view = (await client.call_tool("refine", args)).structured_content
+        assert view["stop_reason"] == "min_score" and view["slot"]["revision"] == []
