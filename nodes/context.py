@@ -34,7 +34,7 @@ class RedraftContext:
     # A human decision for exactly one gate of this run: {"gate", "slot", "round", "decision"} (see nodes/gate.py).
     answer: dict | None = None
     # Marks this run's model calls in the usage log, so the run's budget counts its own calls (graph/budget.py).
-    run_marker: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    run_marker: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def __post_init__(self) -> None:
         if self.models is None:

@@ -194,7 +194,10 @@ async def _drive(runner, companion: str, fault: str | None) -> tuple[str, dict]:
 
 
 def _comparable(state: dict) -> dict:
-    return {k: v for k, v in state.items() if k not in ("thread_id", "checkpoint_id", "duration_s")}
+    out = {k: v for k, v in state.items() if k not in ("thread_id", "checkpoint_id", "duration_s")}
+    # the calls and their totals are the same; how they split into runs depends on where the error stopped one
+    out["usage"] = {k: v for k, v in (state.get("usage") or {}).items() if k != "run"}
+    return out
 
 
 async def _shape(runner, thread: str) -> list[tuple]:
