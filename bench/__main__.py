@@ -25,6 +25,7 @@ import psycopg  # noqa: E402
 from bench.concurrency import concurrency  # noqa: E402
 from bench.floor import figures, verdict  # noqa: E402
 from bench.replicas import replicas  # noqa: E402
+from bench.scoring import scoring  # noqa: E402
 from bench.sections import (  # noqa: E402
     mcp_round_trip,
     overhead,
@@ -133,6 +134,7 @@ async def main(args: argparse.Namespace) -> int:
                 await time_travel({k: v for k, v in backends.items() if k != "memory"}),
                 await prompt_sizes(),
                 await task_latency(str(tmp)),
+                await scoring(str(tmp)),
             ]
     finally:
         drop_pg(pg)
