@@ -7,6 +7,7 @@ Shared by redraft's own tools (``Runner.open_input``) and the public graph that 
 from __future__ import annotations
 
 from redraft.errors import InvalidInputError, PhaseError, RedraftError
+from redraft.graph.budget import check_budgets, check_priced
 from redraft.graph.companions import Companion
 from redraft.graph.state import phase_of
 from redraft.nodes.model import effective_sampling
@@ -38,6 +39,8 @@ def open_input(
     max_loops: int | None = None,
     mode: str | None = None,
     min_score: float | None = None,
+    max_tokens_per_run: int | None = None,
+    max_cost_per_run: float | None = None,
 ) -> dict:
     """The graph input ``{"run_log": [open event], "run_config": {...}}``; its event's ``slot`` is filled in by the
     caller once the thread's run_log length is known (under the thread's lease, for redraft's own tools)."""
@@ -59,6 +62,12 @@ def open_input(
         effective = effective_sampling(settings, companion, sampling)
     except RedraftError as exc:
         raise InvalidInputError(exc.message) from None
+    # budgets (graph/budget.py): the call's, else the settings'
+    max_tokens = settings.max_tokens_per_run if max_tokens_per_run is None else max_tokens_per_run
+    max_cost = settings.max_cost_per_run if max_cost_per_run is None else max_cost_per_run
+    check_budgets(max_tokens, max_cost)
+    check_priced(settings, effective, max_cost)
+    budgets = {"max_tokens_per_run": max_tokens, "max_cost_per_run": max_cost}
     return {
         "run_log": [{"op": "open", "slot": None, "query": query, "variant": companion.name, "sampling": effective}],
         "run_config": {
@@ -69,6 +78,7 @@ def open_input(
             "min_score": None if min_score is None else float(min_score),
             "clear_history": companion.clear_history,
             "mode": mode or companion.mode,
+            **{k: v for k, v in budgets.items() if v is not None},
         },
     }
 

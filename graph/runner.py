@@ -92,9 +92,10 @@ class Runner:
         similarity_threshold: float | None = None,
         max_loops: int | None = None,
         min_score: float | None = None,
+        **budgets: float | None,
     ) -> dict:
         return open_input(
-            self.settings, companion, query, sampling, similarity_threshold, max_loops, min_score=min_score
+            self.settings, companion, query, sampling, similarity_threshold, max_loops, min_score=min_score, **budgets
         )
 
     async def _run(

@@ -10,6 +10,7 @@ from langgraph.types import StateSnapshot
 
 from redraft.graph.convergence import critic_scores_for, report
 from redraft.graph.state import check_invariants, outcome_for, phase_of, scores_for, versions
+from redraft.nodes.usage import summary as usage_summary
 
 
 @dataclass(frozen=True)
@@ -75,4 +76,6 @@ def describe(thread_id: str, snap: StateSnapshot | RunEnd) -> dict:
         "pending_gate": pending_gate(snap),
         # replies of this query's steps that the model cut at max_tokens (REDRAFT_ON_TRUNCATION says what was done)
         "truncations": [t for t in state.get("truncations") or [] if slot and t["slot"] == index],
+        # tokens and cost: the last step's, the last run's, this query's and the thread's, and this query's calls
+        "usage": usage_summary(state.get("usage") or [], index if slot else None),
     }

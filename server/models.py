@@ -86,6 +86,15 @@ class ThreadView(BaseModel):
     checkpoint_id: str | None
     duration_s: float | None = None
     suggestions: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = Field(
+        default=None,
+        description="tokens and cost (USD, null when a price is unknown; 'estimated' when the endpoint reported no "
+        "usage): step (the last), run (the last), query, thread; and calls (this query's model calls)",
+    )
+    anomalies: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="figures of this run beyond the 95th percentile of the companion's (or model's) recorded runs",
+    )
 
 
 class CompanionInfo(BaseModel):

@@ -222,7 +222,16 @@ class _RunsLifespan(Provider):
 def register_runs(mcp: FastMCP, app) -> RunService:
     """Add the run tools and resource, and the run queue's start-up; sets ``app.run_service``."""
     from redraft.server.models import Sampling
-    from redraft.server.tools import CompanionName, MaxLoops, MinScore, Threshold, _options
+    from redraft.server.tools import (
+        CompanionName,
+        MaxCostPerRun,
+        MaxLoops,
+        MaxTokensPerRun,
+        MinScore,
+        Threshold,
+        _budgets,
+        _options,
+    )
     from redraft.server.validation import ID_CHARS, text
 
     service = RunService(mcp, app)
@@ -243,6 +252,8 @@ def register_runs(mcp: FastMCP, app) -> RunService:
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
         min_score: MinScore = None,
+        max_tokens_per_run: MaxTokensPerRun = None,
+        max_cost_per_run: MaxCostPerRun = None,
         multitask_strategy: Annotated[
             Strategy,
             Field(
@@ -256,6 +267,8 @@ def register_runs(mcp: FastMCP, app) -> RunService:
         long poll) or the redraft://runs/{run_id} resource; stop it with cancel_run. Same arguments as refine."""
         thread = await app.thread(session_id, companion)
         options = _options(similarity_threshold, max_loops, sampling, min_score) if query is not None else {}
+        if query is not None:
+            options.update(_budgets(max_tokens_per_run, max_cost_per_run))
         # refuse what cannot run now, before anything is created (with a run active on the thread, the thread's
         # phase when this run starts is not known yet: the run itself reports it)
         graph_input = app.runner.open_input(app.runner.companion(companion), query, **options) if query else None

@@ -10,6 +10,7 @@ from fastmcp import Context, FastMCP
 from fastmcp.server.sessions import SessionId
 from pydantic import Field
 
+from redraft.graph.anomalies import anomalies, figures
 from redraft.graph.companions import COMPANION_MAP, get_companion
 from redraft.graph.runner import thread_id_for
 from redraft.server.middleware import ArgumentErrors, guard
@@ -25,6 +26,7 @@ from redraft.server.models import (
     decision_type,
 )
 from redraft.server.sessions import principal_key
+from redraft.server.stats import model_of
 from redraft.server.task_gates import answer_parked, parked_run
 from redraft.server.tasks import TASK, ending, run_task, task_id_of, task_thread
 from redraft.server.validation import ID_CHARS, text
@@ -40,11 +42,28 @@ MinScore = Annotated[
 ]
 
 
+MaxTokensPerRun = Annotated[
+    int | None,
+    Field(ge=1, description="Budget: stop the run (stop_reason budget) once its model calls used this many tokens."),
+]
+MaxCostPerRun = Annotated[
+    float | None,
+    Field(gt=0, description="Budget in USD: stop the run (stop_reason budget) once its model calls cost this much."),
+]
+
+
+def _budgets(max_tokens_per_run: int | None, max_cost_per_run: float | None) -> dict:
+    given = {"max_tokens_per_run": max_tokens_per_run, "max_cost_per_run": max_cost_per_run}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def view(session_id: str, companion: str, data: dict, stats: dict | None = None) -> ThreadView:
     data = {k: v for k, v in data.items() if k != "thread_id"}
     result = ThreadView(session_id=session_id, companion=companion, **data)
     if stats is not None:
         result.suggestions = {"runs": stats["runs"], **(stats["suggestions"] or {"note": stats.get("note")})}
+        if data.get("duration_s") is not None and data.get("phase") == "done":  # a run (refine) that finished
+            result.anomalies = anomalies(figures(data, data["duration_s"]), stats, model_of(data))
     return result
 
 
@@ -127,11 +146,14 @@ def register_tools(mcp: FastMCP, app) -> None:
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
         min_score: MinScore = None,
+        max_tokens_per_run: MaxTokensPerRun = None,
+        max_cost_per_run: MaxCostPerRun = None,
     ) -> ThreadView:
         """Start a new query on the companion's thread: adds a run_log slot and writes the draft. Refuses if the
         thread's current query is unfinished."""
         thread = await app.thread(session_id, companion)
         options = _options(similarity_threshold, max_loops, sampling, min_score)
+        options.update(_budgets(max_tokens_per_run, max_cost_per_run))
         return view(session_id, companion, await app.runner.draft(thread, companion, query, **options))
 
     @mcp.tool
@@ -164,6 +186,8 @@ def register_tools(mcp: FastMCP, app) -> None:
         max_loops: MaxLoops = None,
         sampling: Sampling | None = None,
         min_score: MinScore = None,
+        max_tokens_per_run: MaxTokensPerRun = None,
+        max_cost_per_run: MaxCostPerRun = None,
     ) -> ThreadView:
         """Run draft -> critique -> revise until the critic is satisfied (or scores a version at least min_score),
         consecutive versions converge, or max_loops is reached. Sends a progress notification after every step. In
@@ -171,6 +195,8 @@ def register_tools(mcp: FastMCP, app) -> None:
         id at once; progress is the task's status message and a gate is the task state input_required;
         `run_status(task_id)` shows the same run."""
         options = _options(similarity_threshold, max_loops, sampling, min_score) if query is not None else {}
+        if query is not None:  # budgets, like the other settings, belong to the query the run opens
+            options.update(_budgets(max_tokens_per_run, max_cost_per_run))
         if task_id_of(ctx):  # a background task: its run record, progress as status messages, gates as input_required
             thread = await task_thread(app, ctx, session_id, companion)
 

@@ -69,6 +69,12 @@ def run(
     session: Annotated[str | None, typer.Option(help="Continue in this session (default: a new one).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Similarity threshold (0..1).")] = None,
     max_loops: Annotated[int | None, typer.Option(help="Maximum critique/revise loops.")] = None,
+    max_tokens_per_run: Annotated[
+        int | None, typer.Option(min=1, help="Budget: stop (stop_reason budget) once the run used this many tokens.")
+    ] = None,
+    max_cost_per_run: Annotated[
+        float | None, typer.Option(min=0, help="Budget in USD: stop (stop_reason budget) once the run cost this much.")
+    ] = None,
     as_json: JsonOption = False,
     database_url: DbOption = None,
 ) -> None:
@@ -115,10 +121,13 @@ def run(
                 on_token=None if as_json else on_token,
                 similarity_threshold=threshold,
                 max_loops=max_loops,
+                max_tokens_per_run=max_tokens_per_run,
+                max_cost_per_run=max_cost_per_run,
             )
             # as after an MCP refine: the session's activity and the learning stats (server/cli/lifecycle.py)
-            await call_done(runner, sessions, sid, companion, "refine", result, time.monotonic() - started, True)
-            return {"session_id": sid, "companion": companion, **result}
+            elapsed = time.monotonic() - started
+            flags = await call_done(runner, sessions, sid, companion, "refine", result, elapsed, True)
+            return {"session_id": sid, "companion": companion, **result, "anomalies": flags}
 
     def end_line() -> None:
         if streaming[0]:  # the error goes on its own line, not after a half-streamed reply
