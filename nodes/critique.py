@@ -12,7 +12,7 @@ from redraft.nodes.context import context_of
 from redraft.nodes.gate import gate
 from redraft.nodes.model import Reply, truncation_update
 from redraft.nodes.prompts import structured
-from redraft.nodes.scoring import ask_critic, critique_format, log, parse, prose, score_entry
+from redraft.nodes.scoring import ask_critic, critique_format, log_fallback, parse, prose, score_entry
 from redraft.nodes.windows import critique_messages
 
 
@@ -74,7 +74,7 @@ async def critique(state: RedraftState, runtime: Runtime) -> dict:
             review = parse(reply.text)
             entries.append(score_entry(index, n, review, requested))
             if not review.structured:
-                log.warning("Critique %d of slot %d kept as prose: %s.", n, index, review.note)
+                log_fallback(slot["sampling"], index, n, review.note)
     noted = truncation_update(reply, index, "critique", n)
     logged = {"scores": entries} if entries else {}
     critic = {**critic_scores_for(state, index), **{e["iteration"]: e["score"] for e in entries}}

@@ -294,6 +294,28 @@ async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage],
     return await ctx.models.complete(sampling, messages, "critique", overflow_hint=hint), "none"
 
 
+_WARNED: set[str] = set()
+
+
+def log_fallback(sampling: dict[str, Any], slot: int, n: int, note: str | None) -> None:
+    """Log a critique kept as prose: a warning the first time per critic model (a model that cannot write the JSON
+    would otherwise warn at every critique), then at debug level; its scores entry records each one."""
+    model = str(for_role(sampling, "critique").get("model"))
+    first = model not in _WARNED and len(_WARNED) < 1000
+    if first:
+        _WARNED.add(model)
+    log.log(
+        logging.WARNING if first else logging.DEBUG,
+        "Critique %d of slot %d kept as prose: %s (model %s%s).",
+        n,
+        slot,
+        note,
+        model,
+        "; logged once per model, each critique's scores entry records its fallback" if first else "",
+    )
+
+
 def reset_refusals() -> None:
-    """Forget which endpoints refused a response_format (tests)."""
+    """Forget which endpoints refused a response_format, and which models were warned about (tests)."""
     _REFUSED.clear()
+    _WARNED.clear()
