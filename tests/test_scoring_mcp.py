@@ -11,6 +11,7 @@ from fastmcp.exceptions import ToolError
 from redraft.server.app import create_server
 from tests.clients import PlainClient
 from tests.conftest import make_settings
+from tests.servers import server_env
 
 
 @pytest.fixture
@@ -58,3 +59,14 @@ async def test_a_companions_min_score_is_listed_and_used(server, stub):
         args = {"session_id": sid, "companion": "code", "query": "Write a sort."}
         view = (await client.call_tool("refine", args)).structured_content
         assert view["stop_reason"] == "min_score" and view["slot"]["revision"] == []
+
+
+async def test_the_cli_takes_min_score(tmp_path, stub):
+    from tests.test_cli import cli
+
+    stub.configure(critic_format="json", critic_scores=[4, 8], changes=[30])
+    env = server_env(str(tmp_path / "cli.sqlite"), stub.base_url)
+    result = json.loads(await cli("run", "Explain fsync.", "--min-score", "8", "--max-loops", "5", "--json", env=env))
+    assert result["stop_reason"] == "min_score" and result["best_version"] == 1
+    assert [row["score"] for row in result["convergence"]["by_version"]] == [4.0, 8.0]
+    await cli("run", "Explain fsync.", "--min-score", "11", env=env, expect=2)

@@ -69,6 +69,9 @@ def run(
     session: Annotated[str | None, typer.Option(help="Continue in this session (default: a new one).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Similarity threshold (0..1).")] = None,
     max_loops: Annotated[int | None, typer.Option(help="Maximum critique/revise loops.")] = None,
+    min_score: Annotated[
+        float | None, typer.Option(min=0, max=10, help="Stop once the critic scores a version at least this (0..10).")
+    ] = None,
     max_tokens_per_run: Annotated[
         int | None, typer.Option(min=1, help="Budget: stop (stop_reason budget) once the run used this many tokens.")
     ] = None,
@@ -121,6 +124,7 @@ def run(
                 on_token=None if as_json else on_token,
                 similarity_threshold=threshold,
                 max_loops=max_loops,
+                min_score=min_score,
                 max_tokens_per_run=max_tokens_per_run,
                 max_cost_per_run=max_cost_per_run,
             )
