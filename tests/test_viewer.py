@@ -384,3 +384,31 @@ def test_viewer_assets_are_package_data():
     assets = [a for a in assets if "__pycache__" not in a]
     assert {"templates/thread.html", "static/viewer.js", "static/viewer.css"} <= set(assets)
     assert all(any(fnmatch.fnmatch(a, g) for g in patterns) for a in assets), (assets, patterns)
+
+
+def test_chart_shows_similarity_and_score_with_the_stop_reason():
+    """The scores log's two kinds of entries (the revise node's similarity per revision, the critic's 0-10 score per
+    version critiqued, nodes/scoring.py) are read per iteration and drawn on one chart; a later record wins."""
+    from redraft.server.viewer.data import _scores, chart
+
+    state = {
+        "scores": [
+            {"slot": 0, "iteration": 0, "score": 4, "critique": 1},
+            {"slot": 0, "iteration": 1, "similarity": 0.91},
+            {"slot": 0, "iteration": 1, "score": 6, "critique": 2},
+            {"slot": 0, "iteration": 2, "similarity": 0.95},
+            {"slot": 0, "iteration": 2, "similarity": 0.97},  # an edited revision: the later record wins
+            {"slot": 0, "iteration": 2, "score": None, "critique": 3},  # a prose critique: no score
+            {"slot": 1, "iteration": 1, "similarity": 0.5},  # another query
+        ]
+    }
+    per = _scores(state, 0)
+    assert per == {0: {"score": 4.0}, 1: {"similarity": 0.91, "score": 6.0}, 2: {"similarity": 0.97}}
+    points = [{"iteration": k, **v} for k, v in sorted(per.items())]
+    drawn = chart(points, 0.96, "converged")
+    assert [p["v"] for p in drawn["similarity"]] == [0.91, 0.97]
+    assert [p["v"] for p in drawn["score"]] == [4.0, 6.0] and drawn["score_scale"] == 10.0
+    assert [t["label"] for t in drawn["xticks"]] == ["0", "1", "2"]
+    assert drawn["stop"] == {"x": drawn["xticks"][-1]["x"], "label": "converged"}
+    assert drawn["threshold"]["v"] == 0.96
+    assert chart([], 0.9, None) is None

@@ -142,7 +142,8 @@ async def thread_at(runner, thread: str, checkpoint_id: str | None) -> dict:
         view["outcome"] = outcome
     view["versions"] = rows
     view["last_critique"] = pending_critique
-    view["points"] = [{"iteration": k, **v} for k, v in sorted(per_iteration.items()) if k >= 1]
+    # similarity is recorded per revision (k >= 1); the critic's score per version critiqued (the draft's too)
+    view["points"] = [{"iteration": k, **v} for k, v in sorted(per_iteration.items()) if v]
     view["slots_queries"] = [s.get("query") for s in state.get("run_log") or []]
     return view
 
@@ -208,7 +209,7 @@ def chart(points: list[dict], threshold: float | None, stop_reason: str | None) 
     if not points:
         return None
     width, height, left, right, top, bottom = 560, 200, 44, 16, 14, 30
-    n = max(p["iteration"] for p in points)
+    first, n = min(p["iteration"] for p in points), max(p["iteration"] for p in points)
     sims = [p["similarity"] for p in points if "similarity" in p]
     scores = [p["score"] for p in points if "score" in p]
     low = min([*sims, *([threshold] if threshold is not None else []), 1.0])
@@ -217,7 +218,7 @@ def chart(points: list[dict], threshold: float | None, stop_reason: str | None) 
     score_scale = 1.0 if score_scale <= 1.0 else (10.0 if score_scale <= 10 else 100.0)
 
     def x(i: int) -> float:
-        return left + (width - left - right) * ((i - 1) / (n - 1) if n > 1 else 0.5)
+        return left + (width - left - right) * ((i - first) / (n - first) if n > first else 0.5)
 
     def y(v: float) -> float:
         return top + (height - top - bottom) * (1 - (v - low) / (1 - low or 1))
@@ -239,7 +240,7 @@ def chart(points: list[dict], threshold: float | None, stop_reason: str | None) 
         "top": top,
         "bottom": height - bottom,
         "yticks": [{"y": round(y(t), 1), "label": f"{t:.2f}"} for t in ticks],
-        "xticks": [{"x": round(x(i), 1), "label": str(i)} for i in range(1, n + 1)],
+        "xticks": [{"x": round(x(i), 1), "label": str(i)} for i in range(first, n + 1)],
         "similarity": sim_pts,
         "similarity_path": " ".join(f"{p['x']},{p['y']}" for p in sim_pts),
         "score": score_pts,
