@@ -6,7 +6,9 @@ checkpoint of a thread's root namespace:
 
 * ``phase``: empty, needs_draft, ready_to_critique, needs_revision or done;
 * ``slot``: the run_log slot (query) it belongs to, or null before the first query;
-* ``iteration``: the revisions made in that slot so far.
+* ``iteration``: the revisions made in that slot so far;
+* ``tokens`` and ``cost``: of the model calls of the step that wrote it (absent when it made none; cost null when a
+  price is unknown).
 
 Nothing is replayed: like redraft's own history (``graph/timetravel.py``), the labels come from the run_log events
 and outcomes that the step wrote (events name their slot and item number), from a log the checkpoint stores whole
@@ -23,6 +25,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, ChannelVersions, Chec
 from langgraph.pregel._checkpoint import put_writes_accepts_task_path
 
 from redraft.graph.timetravel import _event_counts, _slot_counts, phase_of_summary
+from redraft.nodes.usage import total
 
 MEMO_SIZE = 4096  # checkpoints (and pending steps) remembered per saver; older ones are read back from metadata
 LABELS = ("phase", "slot", "iteration")
@@ -68,6 +71,7 @@ class LabellingSaver(BaseCheckpointSaver):
         self.inner = inner
         self._writes: OrderedDict[tuple, list] = OrderedDict()  # (thread, checkpoint id) -> its steps' log writes
         self._counts: OrderedDict[tuple, dict] = OrderedDict()  # (thread, checkpoint id) -> its slot counts
+        self._spent: list[dict] = []
 
     def __getattr__(self, name: str) -> Any:  # anything else the server's saver offers
         return getattr(self.inner, name)
@@ -93,7 +97,7 @@ class LabellingSaver(BaseCheckpointSaver):
 
     def _note_writes(self, config: dict, writes: Sequence[tuple[str, Any]]) -> None:
         key = self._key(config)
-        logged = [(ch, v) for ch, v in writes if ch in ("run_log", "outcomes")]
+        logged = [(ch, v) for ch, v in writes if ch in ("run_log", "outcomes", "usage")]
         if key is not None and logged:
             self._remember(self._writes, key, [*self._writes.get(key, []), *logged])
 
@@ -105,6 +109,7 @@ class LabellingSaver(BaseCheckpointSaver):
         writes = self._writes.pop(key, []) if key else []
         events = [e for ch, v in writes if ch == "run_log" for e in _items(v) if isinstance(e, dict) and "op" in e]
         outcomes = [o for ch, v in writes if ch == "outcomes" for o in _items(v) if isinstance(o, dict)]
+        spent = [u for ch, v in writes if ch == "usage" for u in _items(v) if isinstance(u, dict)]
         stored_log, stored_outcomes = _stored(values, "run_log"), _stored(values, "outcomes")
         if stored_log is not None:
             counts = {**_slot_counts(stored_log), "done": False}
@@ -120,13 +125,17 @@ class LabellingSaver(BaseCheckpointSaver):
             counts["done"] = True
         elif stored_outcomes is not None or events:
             counts["done"] = False
+        self._spent = spent  # the step's model calls, for this checkpoint's metadata only (never inherited)
         return counts
 
     def _labelled(self, config: dict, checkpoint: Checkpoint, metadata: CheckpointMetadata, parent: dict | None):
         counts = self._label(config, checkpoint, parent)
         thread = (config.get("configurable") or {}).get("thread_id")
         self._remember(self._counts, (thread, checkpoint["id"]), counts)
-        return {**metadata, **labels_of(counts)}
+        spent, self._spent = self._spent, []
+        step = total(spent) if spent else None
+        usage = {"tokens": step["total_tokens"], "cost": step["cost"]} if step else {}
+        return {**metadata, **labels_of(counts), **usage}
 
     def _parent_counts(self, config: dict) -> dict | None:
         key = self._key(config)

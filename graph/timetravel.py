@@ -17,6 +17,7 @@ from redraft.graph.runner import Runner
 from redraft.graph.state import event, phase_of, versions
 from redraft.graph.view import describe
 from redraft.graph.worddiff import word_diff_async
+from redraft.nodes.usage import total
 
 MAX_PAGE = 200
 
@@ -143,6 +144,7 @@ class Summaries:
         outcomes = [o for _, ch, v in writes if ch == "outcomes" for o in _items(v)]
         # similarity entries only: the critic's score entries (nodes/scoring.py) share the log
         scores = [s for _, ch, v in writes if ch == "scores" for s in _items(v) if "similarity" in s]
+        spent = [u for _, ch, v in writes if ch == "usage" for u in _items(v) if isinstance(u, dict)]
 
         base: dict | None = None
         stored_run_log = _stored(values, "run_log")
@@ -184,6 +186,9 @@ class Summaries:
             info["node"] = "start"
         else:
             info["node"] = None
+        # the tokens and cost of the step that wrote this checkpoint (its model calls: graph/budget.py)
+        step = total(spent) if spent else None
+        info["tokens"], info["cost"] = (step["total_tokens"], step["cost"]) if step else (None, None)
         if scores:
             info["similarity"] = scores[-1]["similarity"]
         elif source == "update" and info["node"] == "revise":
@@ -224,6 +229,8 @@ async def history(runner: Runner, thread_id: str, limit: int = 20, before: str |
                 "critiques": info["critiques"],
                 "revisions": info["revisions"],
                 "similarity": info["similarity"],
+                "tokens": info["tokens"],
+                "cost": info["cost"],
                 "stop_reason": info["stop_reason"],
                 "edited": info["edited"],
                 "created_at": t.checkpoint.get("ts"),

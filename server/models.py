@@ -124,6 +124,8 @@ class CheckpointEntry(BaseModel):
     critiques: int | None
     revisions: int | None
     similarity: float | None
+    tokens: int | None = Field(default=None, description="tokens of the step's model calls (input + output)")
+    cost: float | None = Field(default=None, description="USD cost of the step's model calls (null: unknown)")
     stop_reason: str | None
     edited: bool = Field(description="written by a fork edit rather than by a node")
     created_at: str | None

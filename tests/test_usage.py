@@ -147,3 +147,46 @@ async def test_costs_add_up_across_resume_and_a_fork_keeps_its_own(tmp_path, stu
         assert own["thread"]["cost"] == pytest.approx(before["thread"]["cost"] + own["run"]["cost"])
         original = await runner.status(thread, resumed["checkpoint_id"])
         assert original["usage"]["thread"] == total  # the original branch keeps its own bill
+
+
+async def test_each_checkpoint_says_what_its_step_cost(tmp_path, stub, monkeypatch):
+    """In redraft's history (and so `redraft history`), and in the checkpoint metadata LangGraph Studio reads."""
+    stub.configure(usage={"prompt_tokens": 10, "completion_tokens": 5}, changes=[5])
+    settings = make_settings(str(tmp_path / "h.sqlite"), stub, prices={"stub-model": {"input": 500, "output": 1000}})
+    async with open_persistence(settings) as p:
+        runner, thread = Runner(p, settings), new_thread()
+        await runner.refine(thread, "generic", "Cost per checkpoint.", max_loops=1, similarity_threshold=1.0)
+        page = await history(runner, thread, limit=100)
+    spent = [(e["node"], e["tokens"], e["cost"]) for e in reversed(page["checkpoints"])]
+    assert spent == [
+        ("start", None, None),
+        ("input", None, None),
+        ("draft", 15, 0.01),
+        ("critique", 15, 0.01),
+        ("revise", 15, 0.01),
+    ]
+
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from redraft.graph import studio
+    from redraft.settings import get_settings
+
+    monkeypatch.setenv("REDRAFT_BASE_URL", stub.base_url)
+    monkeypatch.setenv("REDRAFT_MODEL", "stub-model")
+    monkeypatch.setenv("REDRAFT_PRICES", '{"stub-model": {"input": 500, "output": 1000}}')
+    get_settings.cache_clear()
+    config = {"configurable": {"thread_id": "usage-labels"}}
+    try:
+        graph = studio.graph.copy(update={"checkpointer": InMemorySaver()})
+        out = await graph.ainvoke({"query": "Label the cost.", "max_loops": 1, "similarity_threshold": 1.0}, config)
+        states = [h async for h in graph.aget_state_history(config)]
+    finally:
+        get_settings.cache_clear()
+    assert out["stop_reason"] == "max_loops"
+    labelled = [(h.metadata.get("phase"), h.metadata.get("tokens"), h.metadata.get("cost")) for h in reversed(states)]
+    assert labelled[-4:] == [
+        ("ready_to_critique", 15, 0.01),  # the draft's checkpoint
+        ("needs_revision", 15, 0.01),
+        ("done", 15, 0.01),
+        ("done", None, None),  # publish: no model call
+    ]
