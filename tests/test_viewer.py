@@ -26,6 +26,8 @@ from tests.conftest import IN_CI, make_settings
 from tests.servers import REDRAFT, free_port, server_env, wait_for_port
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
+# servers and a browser in subprocesses, a 1,000-checkpoint thread: minutes on a loaded 2-core machine
+pytestmark = pytest.mark.timeout(600)
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -115,6 +117,7 @@ async def shot(pg, name: str) -> None:
 
 
 async def test_timeline_diff_fork_and_resume(viewer, tab, stub):
+    stub.configure(critic_format="json", critic_scores=[4, 6, 7, 8])  # scored critiques (nodes/scoring.py)
     sid = await session_with_refine(viewer.mcp, max_loops=4)
     checkpoints = await history(viewer.mcp, sid)
     await tab.goto(f"{viewer.base}/ui")
@@ -128,6 +131,8 @@ async def test_timeline_diff_fork_and_resume(viewer, tab, stub):
     assert await tab.locator("#stop-reason").inner_text() == "converged"
     assert await tab.locator("#chart svg circle").count() == 3  # similarity at iterations 1..3
     assert "stop: converged" in await tab.locator("#chart").inner_text()
+    assert await tab.locator("#chart svg rect").count() >= 3  # the critic's score per version critiqued
+    assert "critic's score" in await tab.locator("#chart figcaption").inner_text()
     await shot(tab, "thread")
 
     # the word diff of the draft against revision 1: the same similarity the MCP diff tool reports
@@ -316,6 +321,12 @@ async def test_actions_need_the_csrf_token_and_text_is_escaped(authed):
         html = (await http.get(f"/ui/s/{sid}/generic")).text
         assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
         assert "<script>alert" not in html
+        # a refused action shows the tool's own error, and changes nothing
+        start = checkpoints[-1]["checkpoint_id"]
+        wrong = {"checkpoint_id": start, "critique": "too early", "csrf": csrf}
+        assert (await http.post(target, data=wrong)).status_code == 303
+        html = (await http.get(f"/ui/s/{sid}/generic")).text
+        assert 'class="action error"' in html and "wrong_phase: " in html
     forked = (await authed_tool(authed, "tok-alice", "history", session_id=sid, limit=50))["checkpoints"]
     assert len(forked) == len(checkpoints) + 1 and forked[0]["edited"]
 
@@ -408,6 +419,8 @@ def test_chart_shows_similarity_and_score_with_the_stop_reason():
     drawn = chart(points, 0.96, "converged")
     assert [p["v"] for p in drawn["similarity"]] == [0.91, 0.97]
     assert [p["v"] for p in drawn["score"]] == [4.0, 6.0] and drawn["score_scale"] == 10.0
+    assert [t["label"] for t in drawn["score_ticks"]] == ["0", "5", "10"]
+    assert drawn["score"][1]["y"] < drawn["score"][0]["y"]  # a higher score is drawn higher, on its own axis
     assert [t["label"] for t in drawn["xticks"]] == ["0", "1", "2"]
     assert drawn["stop"] == {"x": drawn["xticks"][-1]["x"], "label": "converged"}
     assert drawn["threshold"]["v"] == 0.96

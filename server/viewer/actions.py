@@ -44,7 +44,7 @@ class Actions:
     async def run(self, principal: str, thread: str, label: str, tool: str, arguments: dict[str, Any]) -> dict:
         """Call ``tool`` with ``arguments``; return its record once it ends or after ``QUICK_S`` (still running)."""
         key = (principal, thread)
-        entry = {"name": label, "state": "running", "message": None, "started": time.time(), "result": None}
+        entry = {"name": label, "state": "running", "message": None, "started": time.time()}
         self.last[key] = entry
         self.last.move_to_end(key)
         while len(self.last) > MAX_TRACKED:
@@ -52,9 +52,8 @@ class Actions:
 
         async def call() -> None:
             try:
-                result = await self.mcp.call_tool(tool, arguments)
-                entry["result"] = result.structured_content
-                entry["state"], entry["message"] = "ok", f"{label}: done"
+                await self.mcp.call_tool(tool, arguments)  # the page shows the thread itself, read afresh
+                entry["state"], entry["message"] = "ok", "done"
             except Exception as exc:  # ToolError "<code>: <message>" (the MCP client's text), validation errors
                 entry["state"], entry["message"] = "error", _message(exc)
                 log.info("viewer action %s failed: %s", tool, entry["message"])

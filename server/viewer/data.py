@@ -208,7 +208,7 @@ def chart(points: list[dict], threshold: float | None, stop_reason: str | None) 
     """Coordinates of the similarity (and score) chart, drawn as inline SVG by the template: no script, no library."""
     if not points:
         return None
-    width, height, left, right, top, bottom = 560, 200, 44, 16, 14, 30
+    width, height, left, right, top, bottom = 560, 200, 44, 30, 14, 30
     first, n = min(p["iteration"] for p in points), max(p["iteration"] for p in points)
     sims = [p["similarity"] for p in points if "similarity" in p]
     scores = [p["score"] for p in points if "score" in p]
@@ -223,14 +223,16 @@ def chart(points: list[dict], threshold: float | None, stop_reason: str | None) 
     def y(v: float) -> float:
         return top + (height - top - bottom) * (1 - (v - low) / (1 - low or 1))
 
-    def series(key: str, scale: float = 1.0) -> list[dict]:
-        pts = [p for p in points if key in p]
+    def y_score(v: float) -> float:  # the score has its own axis, on the right: 0 at the bottom, the scale at the top
+        return top + (height - top - bottom) * (1 - min(1.0, max(0.0, v / score_scale)))
+
+    def series(key: str, place) -> list[dict]:
         return [
-            {"x": round(x(p["iteration"]), 1), "y": round(y(min(1.0, max(low, p[key] / scale))), 1), "v": p[key]}
-            for p in pts
+            {"x": round(x(p["iteration"]), 1), "y": round(place(p[key]), 1), "v": p[key]} for p in points if key in p
         ]
 
-    sim_pts, score_pts = series("similarity"), series("score", score_scale)
+    sim_pts = series("similarity", lambda v: y(min(1.0, max(low, v))))
+    score_pts = series("score", y_score)
     ticks = [round(low + (1 - low) * k / 4, 3) for k in range(5)]
     return {
         "width": width,
@@ -246,6 +248,11 @@ def chart(points: list[dict], threshold: float | None, stop_reason: str | None) 
         "score": score_pts,
         "score_path": " ".join(f"{p['x']},{p['y']}" for p in score_pts),
         "score_scale": score_scale,
+        "score_ticks": [
+            {"y": round(y_score(score_scale * k / 2), 1), "label": f"{score_scale * k / 2:g}"} for k in range(3)
+        ]
+        if score_pts
+        else [],
         "threshold": None if threshold is None else {"y": round(y(max(low, threshold)), 1), "v": threshold},
         "stop": None if not stop_reason else {"x": round(x(n), 1), "label": stop_reason},
     }
