@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from bench.concurrency import concurrency  # noqa: E402
-from bench.floor import figures, verdict  # noqa: E402
+from bench.floor import FIGURES, figures, verdict  # noqa: E402
 from bench.replicas import replicas  # noqa: E402
 from bench.scoring import scoring  # noqa: E402
 from bench.sections import (  # noqa: E402
@@ -122,9 +122,9 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     backends = {"memory": "memory", "sqlite": str(tmp / "bench.sqlite"), "postgres": pg}
     try:
-        figs = await figures(pg, quick=args.quick)
+        figs = await figures(pg, quick=args.quick or (bool(args.only) and not args.full), only=args.only)
         sections = [floor_section(figs)]
-        if not args.quick:
+        if not args.quick and not args.only:
             sections += [
                 await replicas(pg),
                 await overhead(backends),
@@ -140,7 +140,7 @@ async def main(args: argparse.Namespace) -> int:
         drop_pg(pg)
     took = time.perf_counter() - started
     show(sections)
-    if args.quick:
+    if args.quick or args.only:
         for f in figs:
             print(f"{f['seconds']:5.1f} s  {f['name']}")
         failed = [f["name"] for f in figs if not verdict(f, SLACK)[0]]
@@ -171,6 +171,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only the issue's figures, lightly sampled (under a minute); exit 1 when a target is missed by more "
         f"than {SLACK * 100:.0f}%% (the target times 1.25, or 0.75 for a floor). Writes nothing.",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=FIGURES,
+        help="run only this figure of section 0 (repeatable), lightly sampled unless --full; writes nothing",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="with --only: sample as the full run does (the long thread at ~1,000 checkpoints)",
     )
     parser.add_argument("--no-write", dest="write", action="store_false", help="do not write docs/benchmarks.md")
     return parser.parse_args(argv)

@@ -223,17 +223,23 @@ def verdict(f: dict, slack: float = 0.0) -> tuple[bool, str]:
     return ok, "met" if met else f"NOT met ({v:.2f} vs {t:g})"
 
 
-async def figures(pg: str, quick: bool) -> list[dict]:
-    """The issue's figures; ``quick`` samples each lightly (the long thread at ~300 checkpoints instead of ~1,000)."""
-    jobs = [
-        lambda: per_step(pg, repeats=2 if quick else 7),
-        lambda: sessions(pg, loops=1 if quick else 2),
-        lambda: mcp_step(pg, n=12 if quick else 60),
-        lambda: long_thread(pg, loops=150 if quick else 500, reps=4 if quick else 12),
-        lambda: storage_ratio(pg),
-    ]
+FIGURES = ("step", "sessions", "mcp", "long", "storage")  # --only picks from these
+
+
+async def figures(pg: str, quick: bool, only: list[str] | None = None) -> list[dict]:
+    """The issue's figures; ``quick`` samples each lightly (the long thread at ~300 checkpoints instead of ~1,000);
+    ``only`` runs just the named ones (``FIGURES``)."""
+    jobs = {
+        "step": lambda: per_step(pg, repeats=2 if quick else 7),
+        "sessions": lambda: sessions(pg, loops=1 if quick else 2),
+        "mcp": lambda: mcp_step(pg, n=12 if quick else 60),
+        "long": lambda: long_thread(pg, loops=150 if quick else 500, reps=4 if quick else 12),
+        "storage": lambda: storage_ratio(pg),
+    }
     out: list[dict] = []
-    for job in jobs:
+    for name, job in jobs.items():
+        if only and name not in only:
+            continue
         t0 = time.perf_counter()
         got = await job()
         for f in got if isinstance(got, list) else [got]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import langgraph.pregel._checkpoint as _pregel_checkpoint
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from redraft.errors import ConfigError, RedraftError, StorageError
@@ -35,7 +36,19 @@ from redraft.graph.database import (
 from redraft.graph.fencing import fenced_sqlite_commit
 from redraft.graph.pgsaver import FencedPostgres
 from redraft.graph.serde import SafeSerializer
+from redraft.graph.state import SNAPSHOT_EVERY
 from redraft.settings import Settings
+
+# Every delta channel also writes a full snapshot after this many supersteps without one, however rarely it is
+# updated. Reading a thread walks back from its head to each channel's last snapshot, one checkpoint row per
+# superstep: a log written once per query (outcomes, history) would otherwise be walked back to the thread's start on
+# every read (LangGraph's default bound is 5,000 supersteps; at 1,000 checkpoints a head read cost 16x its cost at
+# 26). The same cadence as the logs written every step (SNAPSHOT_EVERY). Module-level in LangGraph (env
+# LANGGRAPH_DELTA_MAX_SUPERSTEPS_SINCE_SNAPSHOT, read once at its import), so it is set here.
+SNAPSHOT_SUPERSTEPS = SNAPSHOT_EVERY
+_pregel_checkpoint.DELTA_MAX_SUPERSTEPS_SINCE_SNAPSHOT = min(
+    _pregel_checkpoint.DELTA_MAX_SUPERSTEPS_SINCE_SNAPSHOT, SNAPSHOT_SUPERSTEPS
+)
 
 
 class CompactVersions:

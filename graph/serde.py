@@ -5,9 +5,13 @@ checkpoint rows can be read with ``psql``. The few LangGraph types that are not 
 through LangGraph's msgpack encoder in *strict* mode: only an explicit allow-list of types may be constructed on
 load. A ``pickle`` payload is refused outright, whatever wrote it.
 
-JSON payloads of ``ZSTD_MIN_BYTES`` or more (a revision, a critique, a delta-channel snapshot) are stored
-zstd-compressed (type ``json+zstd``): prose shrinks ~3-4x at level 3 for ~0.1 ms, which is what brings a thread's
-rows under the bytes of its text. Short values stay plain JSON, readable with ``psql``.
+JSON payloads of ``ZSTD_MIN_BYTES`` or more (a revision, a critique) are stored zstd-compressed (type
+``json+zstd``): prose shrinks ~3-4x at level 3 for ~0.1 ms. Short values stay plain JSON, readable with ``psql``.
+
+A delta channel's snapshot (its whole log, written every ``SNAPSHOT_EVERY`` updates) is plain msgpack of the JSON
+value (``snapshot``, or ``snapshot+zstd`` from ``ZSTD_MIN_BYTES``): it decodes ~3x faster than JSON or LangGraph's
+msgpack extension, and near-identical revisions in one frame compress ~12x. Snapshots written before in LangGraph's
+own format (``msgpack``) still load.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import ormsgpack
 import zstandard
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
 from redraft.errors import UnsafePayloadError
 from redraft.observability import metrics
@@ -58,6 +64,18 @@ class SafeSerializer(JsonPlusSerializer):
         super().__init__(pickle_fallback=False, allowed_json_modules=None, allowed_msgpack_modules=ALLOWED_TYPES)
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        if type(obj) is _DeltaSnapshot and _is_json_native(obj.value):
+            # a delta channel's whole value: plain msgpack, which decodes ~3x faster than JSON and than LangGraph's
+            # msgpack extension (no per-key hook); it is also what a long thread's every read decodes
+            try:
+                type_, data = "snapshot", ormsgpack.packb(obj.value)
+            except ormsgpack.MsgpackEncodeError:  # an integer beyond 64 bits: LangGraph's encoding below
+                pass
+            else:
+                if len(data) >= ZSTD_MIN_BYTES:
+                    type_, data = "snapshot+zstd", _compress(data)
+                metrics.checkpoint_written(len(data))
+                return type_, data
         if obj is not None and not isinstance(obj, (bytes, bytearray)) and _is_json_native(obj):
             data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             type_ = "json"
@@ -65,20 +83,34 @@ class SafeSerializer(JsonPlusSerializer):
                 type_, data = "json+zstd", _compress(data)
             metrics.checkpoint_written(len(data))  # only checkpoint writes serialise: redraft_checkpoint_bytes_written
             return type_, data
-        typed = super().dumps_typed(obj)
-        metrics.checkpoint_written(len(typed[1]))
-        return typed
+        type_, data = super().dumps_typed(obj)
+        if type_ == "msgpack" and len(data) >= ZSTD_MIN_BYTES:  # e.g. a large interrupt payload
+            type_, data = "msgpack+zstd", _compress(data)
+        metrics.checkpoint_written(len(data))
+        return type_, data
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         type_ = data[0]
+        if type_ in ("snapshot", "snapshot+zstd"):
+            raw = self._inflate(data[1]) if type_ == "snapshot+zstd" else data[1]
+            try:
+                return _DeltaSnapshot(ormsgpack.unpackb(raw))
+            except ormsgpack.MsgpackDecodeError as exc:
+                raise UnsafePayloadError(f"Refused a corrupt checkpoint snapshot ({exc}).") from None
         if type_ == "pickle":
             raise UnsafePayloadError("Refused to load a pickled checkpoint payload: redraft never unpickles data.")
-        if type_ == "json+zstd":
-            try:
-                raw = _decompressor.decompress(data[1], max_output_size=ZSTD_MAX_OUTPUT)
-            except zstandard.ZstdError as exc:
-                raise UnsafePayloadError(f"Refused a corrupt compressed checkpoint payload ({exc}).") from None
-            return json.loads(raw)
+        if type_ in ("json+zstd", "msgpack+zstd"):
+            raw = self._inflate(data[1])
+            if type_ == "json+zstd":
+                return json.loads(raw)
+            return super().loads_typed(("msgpack", raw))
         if type_ not in ("null", "bytes", "bytearray", "json", "msgpack"):
             raise UnsafePayloadError(f"Refused to load a checkpoint payload of unknown type {type_!r}.")
         return super().loads_typed(data)
+
+    @staticmethod
+    def _inflate(data: bytes) -> bytes:
+        try:
+            return _decompressor.decompress(data, max_output_size=ZSTD_MAX_OUTPUT)
+        except zstandard.ZstdError as exc:
+            raise UnsafePayloadError(f"Refused a corrupt compressed checkpoint payload ({exc}).") from None
