@@ -23,7 +23,7 @@ from tests.stub_llm import StubLLM
 from tests.studio_server import LANGGRAPH, ROOT, langgraph_dev, studio_env
 
 SERVER_KEY = "sk-studio-test-key-0123"
-INPUT_FIELDS = {"query", "companion", "max_loops", "similarity_threshold", "mode"}
+INPUT_FIELDS = {"query", "companion", "max_loops", "similarity_threshold", "min_score", "mode"}
 OUTPUT_FIELDS = {"answer", "stop_reason", "iterations", "similarities", "run_log"}
 CONTEXT_FIELDS = {"model", "base_url", "temperature", "stepwise"}
 
