@@ -70,3 +70,16 @@ async def test_the_cli_takes_min_score(tmp_path, stub):
     assert result["stop_reason"] == "min_score" and result["best_version"] == 1
     assert [row["score"] for row in result["convergence"]["by_version"]] == [4.0, 8.0]
     await cli("run", "Explain fsync.", "--min-score", "11", env=env, expect=2)
+
+
+async def test_start_refine_takes_min_score(server, stub):
+    stub.configure(critic_format="json", critic_scores=[2, 9], changes=[30])
+    async with PlainClient(server) as client:
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        args = {"session_id": sid, "query": "Explain leases.", "max_loops": 5, "min_score": 9}
+        run = (await client.call_tool("start_refine", args)).structured_content
+        done = (await client.call_tool("wait_run", {"run_id": run["run_id"], "timeout_s": 30})).structured_content
+        assert done["status"] == "succeeded", done
+        result = done["result"]
+        assert result["stop_reason"] == "min_score" and result["best_version"] == 1
+        assert [row["score"] for row in result["convergence"]["by_version"]] == [2.0, 9.0]
