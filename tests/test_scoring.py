@@ -161,3 +161,18 @@ async def test_a_human_critique_is_not_scored(runner, stub):
     assert view["phase"] == "needs_revision"  # a person's text never meets min_score
     state = (await runner.snapshot(thread)).values
     assert score_entries(state) == []
+
+
+async def test_a_streamed_structured_critique_is_read(runner, stub):
+    stub.configure(critic_format="json", critic_scores=[4, 9], changes=[30])
+    tokens: list[tuple[str, str]] = []
+
+    async def on_token(node, text):
+        tokens.append((node, text))
+
+    result = await runner.refine(new_thread(), "generic", "Stream it.", max_loops=5, min_score=9, on_token=on_token)
+    assert result["stop_reason"] == "min_score"
+    assert "".join(t for n, t in tokens if n == "critique").startswith('{"score": 4')  # the critic's own reply
+    critiques = [r for r in stub.requests if r["node"] == "critique"]
+    assert all(r["stream"] for r in critiques)
+    assert [r["response_format"] for r in critiques] == [RESPONSE_FORMATS["json_schema"]] * 2
