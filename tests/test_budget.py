@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from langgraph.runtime import Runtime
 
-from redraft.errors import InvalidInputError
+from redraft.errors import InvalidInputError, ModelError
 from redraft.graph.budget import metered
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
@@ -79,7 +79,7 @@ async def test_each_run_has_its_own_budget(runner, stub):
     """A budget is per run: a resumed run counts its own calls only."""
     thread = new_thread()
     stub.fail({"status": 500, "node": "revise"})
-    with pytest.raises(Exception):  # noqa: B017 - the model error of the first revision
+    with pytest.raises(ModelError):  # the first revision's model call fails
         await runner.refine(
             thread, "generic", "Two runs.", max_loops=5, similarity_threshold=1.0, max_tokens_per_run=40
         )
