@@ -17,6 +17,7 @@ from redraft.graph.runner import Runner
 from redraft.graph.state import event, phase_of, versions
 from redraft.graph.view import describe
 from redraft.graph.worddiff import word_diff_async
+from redraft.nodes.embeddings import similarity_of
 from redraft.nodes.usage import total
 
 MAX_PAGE = 200
@@ -294,9 +295,11 @@ async def fork(
             text = runner.check_text(revision, "revision", limit)
             n = len(slot["revision"])
             previous = versions(slot)[-2]
+            score, method = await similarity_of(runner.settings, previous, text)
             update = {
                 "run_log": [event("edit_revision", index, n, text=text)],
-                "scores": [{"slot": index, "iteration": n, "similarity": await similarity_async(previous, text)}],
+                # the configured similarity (embedding or text), as the revise node scores a revision
+                "scores": [{"slot": index, "iteration": n, "similarity": score, **method}],
             }
             as_node = "revise"
         else:

@@ -106,3 +106,22 @@ def test_cosine_is_clamped_and_checked():
         embeddings.cosine([1.0], [1.0, 0.0])
     with pytest.raises(ValueError):
         embeddings.cosine([0.0, 0.0], [1.0, 0.0])
+
+
+async def test_a_forked_revision_is_rescored_by_embedding(db_url, stub):
+    from redraft.graph import timetravel as tt
+
+    stub.configure(changes=[30])
+    async with runner_with(db_url, stub, similarity="embedding") as runner:
+        thread = new_thread()
+        await runner.refine(thread, "generic", "Write about deltas.", max_loops=2, similarity_threshold=1.0)
+        entries = (await tt.history(runner, thread, limit=50))["checkpoints"]
+        at = next(e for e in entries if e["node"] == "revise" and e["revisions"] == 1)
+        draft = (await runner.status(thread))["slot"]["draft"]
+        edited = draft + " Extra words at the end."
+        forked = await tt.fork(runner, thread, at["checkpoint_id"], revision=edited)
+        state = (await runner.snapshot(thread)).values
+    a, b = embedding(draft), embedding(edited)
+    expected = sum(x * y for x, y in zip(a, b, strict=True))
+    assert forked["similarities"] == [pytest.approx(expected, abs=1e-5)]
+    assert similarity_entries(state)[-1]["method"] == "embedding"
