@@ -1,10 +1,10 @@
 """The graph's public face for LangGraph Studio and Agent Server: what a person types, and what they read back.
 
-The input is a query and, optionally, its companion, ``max_loops``, ``similarity_threshold`` and ``mode``. The
-``open_query`` node checks it exactly as redraft's own tools do (``graph/opening.py``) and opens a run_log slot; the
-draft -> critique -> revise loop that follows is the one redraft's MCP server runs. When the query is finished,
-``publish`` writes the output: the best version as ``answer``, ``stop_reason``, ``iterations`` and ``similarities``,
-beside the ``run_log`` itself.
+The input is a query and, optionally, its companion, ``max_loops``, ``similarity_threshold``, ``min_score`` and
+``mode``. The ``open_query`` node checks it exactly as redraft's own tools do (``graph/opening.py``) and opens a
+run_log slot; the draft -> critique -> revise loop that follows is the one redraft's MCP server runs. When the query
+is finished, ``publish`` writes the output: the best version as ``answer``, ``stop_reason``, ``iterations`` and
+``similarities``, beside the ``run_log`` itself.
 
 The input fields are ``EphemeralValue`` channels: they live for the one step that reads them, so a later query on the
 thread never inherits an earlier query's ``max_loops``, and the state view is not cluttered with them. The output

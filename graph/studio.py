@@ -1,10 +1,10 @@
 """The graph LangGraph Studio (``langgraph dev``) and Agent Server run (see ``langgraph.json``).
 
 It is redraft's draft -> critique -> revise loop with public schemas (``graph/public.py``): the input form asks for a
-query (and optionally its companion, ``max_loops``, ``similarity_threshold``, ``mode``), the output is the answer,
-its stop reason, iterations and similarities, and the context holds plain per-run fields (``model``, ``base_url``,
-``temperature``, ``stepwise``). The model endpoint and key come from the ``REDRAFT_*`` settings of the server's
-environment. The platform supplies the checkpointer; each checkpoint's metadata is labelled with ``phase``,
+query (and optionally its companion, ``max_loops``, ``similarity_threshold``, ``min_score``, ``mode``), the output is
+the answer, its stop reason, iterations and similarities, and the context holds plain per-run fields (``model``,
+``base_url``, ``temperature``, ``stepwise``). The model endpoint and key come from the ``REDRAFT_*`` settings of the
+server's environment. The platform supplies the checkpointer; each checkpoint's metadata is labelled with ``phase``,
 ``slot`` and ``iteration`` (``graph/labels.py``) so the history list reads well.
 """
 
