@@ -57,6 +57,9 @@ class DeferredWrites:
     def __init__(self) -> None:
         self.batches: list = []
         self.saver = None
+        # delta-channel histories read under this lease, by (thread, ns, checkpoint, channels): a step reads the
+        # head twice (the runner's phase check, then the graph's own load); any write under the lease clears it
+        self.histories: dict = {}
 
     async def flush(self) -> None:
         if self.batches and self.saver is not None:

@@ -81,6 +81,11 @@ FROM checkpoint_blobs WHERE thread_id = %s AND checkpoint_ns = %s AND channel = 
 _UPSERT = "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
 
 
+def _copied(history: dict) -> dict:
+    """A delta history for one more reader: its own lists (the values are replayed through copy-on-write reducers)."""
+    return {ch: {**entry, "writes": list(entry["writes"])} for ch, entry in history.items()}
+
+
 def _writes_ctes(batches: list[tuple[bool, list[tuple]]]) -> tuple[list[str], list]:
     """CTEs inserting pending-write rows (thread, ns, checkpoint, task, path, idx, channel, type, blob), as the
     stock saver would over its calls in order: a batch of special writes (upsert) replaces a row, any other batch
@@ -200,6 +205,17 @@ class FencedPostgres:
             if target is None:
                 return {ch: {"writes": []} for ch in channels}
             checkpoint_id = target.config["configurable"]["checkpoint_id"]
+        deferred = DEFERRED.get()
+        key = (thread_id, checkpoint_ns, checkpoint_id, tuple(channels))
+        if deferred is not None and deferred.saver in (None, self) and key in deferred.histories:
+            return _copied(deferred.histories[key])
+        history = await self._delta_history(thread_id, checkpoint_ns, checkpoint_id, channels)
+        if deferred is not None and deferred.saver in (None, self):
+            deferred.histories = {key: history}
+            return _copied(history)
+        return history
+
+    async def _delta_history(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, channels: list) -> dict:
         parent_of: dict = {}
         versions: list[dict] = [{} for _ in channels]
         has_blob: list[dict] = [{} for _ in channels]
@@ -258,6 +274,8 @@ class FencedPostgres:
             elif v is not None and not isinstance(v, (str, int, float, bool)):
                 blob_values[k] = values.pop(k)
         deferred = DEFERRED.get()
+        if deferred is not None:
+            deferred.histories = {}
         ctes, params = [], []
         if deferred is not None and deferred.batches and deferred.saver is self:  # the step's writes ride along
             ctes, params = _writes_ctes(deferred.batches)
@@ -291,6 +309,8 @@ class FencedPostgres:
         ]
         batch = (all(w[0] in WRITES_IDX_MAP for w in writes), rows)
         deferred = DEFERRED.get()
+        if deferred is not None:
+            deferred.histories = {}
         if deferred is not None and deferred.saver in (None, self):  # under a lease: goes with the next checkpoint
             deferred.saver = self
             deferred.batches.append(batch)

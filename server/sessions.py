@@ -105,17 +105,33 @@ class SessionStore:
             "oldest idle session expires, or end a session you no longer need."
         )
 
+    @property
+    def touch_every(self) -> float:
+        """``last_accessed`` is rewritten at most this often (a 30th of the TTL, at most a minute): a session then
+        expires up to that much earlier than its exact idle time, and most calls make no write."""
+        return min(60.0, self.ttl / 30)
+
     async def touch(self, principal: str, session_id: str) -> str:
-        """Validate ownership and liveness, record the access, return the canonical id."""
+        """Validate ownership and liveness, record the access, return the canonical id.
+
+        A read, plus a write only when the recorded access is older than ``touch_every``: a write is a commit (a WAL
+        flush on PostgreSQL), and this runs before every call that names a session."""
         session_id = _valid_id(session_id)
         now = time.time()
-        updated = await self.db.execute(
-            "UPDATE redraft_sessions SET last_accessed = ? "
-            "WHERE session_id = ? AND principal = ? AND last_accessed >= ?",
-            (now, session_id, principal, now - self.ttl),
+        row = await self.db.fetchone(
+            "SELECT last_accessed FROM redraft_sessions WHERE session_id = ? AND principal = ? AND last_accessed >= ?",
+            (session_id, principal, now - self.ttl),
         )
-        if updated != 1:
+        if row is None:
             raise SessionNotFoundError()
+        if row["last_accessed"] < now - self.touch_every:
+            updated = await self.db.execute(
+                "UPDATE redraft_sessions SET last_accessed = ? "
+                "WHERE session_id = ? AND principal = ? AND last_accessed >= ?",
+                (now, session_id, principal, now - self.ttl),
+            )
+            if updated != 1:
+                raise SessionNotFoundError()
         return session_id
 
     async def touch_quietly(self, principal: str, session_id: object) -> None:
