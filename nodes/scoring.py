@@ -61,8 +61,11 @@ _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 _PY_LITERALS = {"true": "True", "false": "False", "null": "None"}
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10(?:\.0+)?)?\s*$")
-# Endpoints (base URL, model) that refused the response_format in "auto" mode: asked without one from then on.
-_REFUSED: set[tuple[str | None, str]] = set()
+# Endpoints (base URL, model) that refused a response_format in "auto" mode, and the format they are asked with from
+# then on: json_schema, then json_object (llama.cpp takes only that), then none. A capability memo per process, not
+# state: a fresh process finds out again with one refused request.
+_DOWNGRADED: dict[tuple[str | None, str], str] = {}
+_FALLBACK = {"json_schema": "json_object", "json_object": "none"}
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,14 @@ def critique_format(ctx, companion) -> str:
     return getattr(companion, "critique_format", None) or ctx.settings.critique_format
 
 
+# A refused response_format: a plain 400/415/422, or any other status whose error names the field (llama-cpp-python
+# answers an unsupported json_schema with HTTP 500 and a validation error about body.response_format)
 _REFUSAL = re.compile(r"\bHTTP (400|415|422)\b")
+_NAMES_FIELD = re.compile(r"\bHTTP \d{3}\b.*(response_format|json_schema|json_object)", re.DOTALL)
+
+
+def _refused(message: str) -> bool:
+    return bool(_REFUSAL.search(message) or _NAMES_FIELD.search(message))
 
 
 async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage], hint: str) -> tuple[Reply, str]:
@@ -268,29 +278,30 @@ async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage],
     setting = ctx.settings.critique_response_format
     role = for_role(sampling, "critique")
     key = (endpoint_of(ctx.settings, role).base_url, str(role.get("model")))
-    requested = "none" if setting == "none" or (setting == "auto" and key in _REFUSED) else setting
-    if requested == "auto":
-        requested = "json_schema"
-    if requested == "none":
-        return await ctx.models.complete(sampling, messages, "critique", overflow_hint=hint), "none"
-    # in the request body as is, not through langchain's response_format argument: that takes the openai client's
-    # parse API, which re-parses the partial JSON at every streamed chunk (seconds per reply) and raises on a reply
-    # cut at max_tokens instead of returning it to the truncation policy
-    bind = {"extra_body": {"response_format": RESPONSE_FORMATS[requested]}}
-    try:
-        return await ctx.models.complete(sampling, messages, "critique", overflow_hint=hint, bind=bind), requested
-    except ContextOverflowError:
-        raise
-    except ModelError as exc:
-        if setting != "auto" or not _REFUSAL.search(exc.message):
+    requested = _DOWNGRADED.get(key, "json_schema") if setting == "auto" else setting
+    while requested != "none":
+        # in the request body as is, not through langchain's response_format argument: that takes the openai client's
+        # parse API, which re-parses the partial JSON at every streamed chunk (seconds per reply) and raises on a
+        # reply cut at max_tokens instead of returning it to the truncation policy
+        bind = {"extra_body": {"response_format": RESPONSE_FORMATS[requested]}}
+        try:
+            reply = await ctx.models.complete(sampling, messages, "critique", overflow_hint=hint, bind=bind)
+            return reply, requested
+        except ContextOverflowError:
             raise
-        _REFUSED.add(key)
-        log.warning(
-            "The critic endpoint refused response_format %s (%s); asking without it from now on for model %s.",
-            requested,
-            exc.message,
-            key[1],
-        )
+        except ModelError as exc:
+            if setting != "auto" or not _refused(exc.message):
+                raise
+            fallback = _FALLBACK[requested]
+            _DOWNGRADED[key] = fallback
+            log.warning(
+                "The critic endpoint refused response_format %s (%s); asking with %s from now on for model %s.",
+                requested,
+                exc.message,
+                fallback,
+                key[1],
+            )
+            requested = fallback
     return await ctx.models.complete(sampling, messages, "critique", overflow_hint=hint), "none"
 
 
@@ -317,5 +328,5 @@ def log_fallback(sampling: dict[str, Any], slot: int, n: int, note: str | None) 
 
 def reset_refusals() -> None:
     """Forget which endpoints refused a response_format, and which models were warned about (tests)."""
-    _REFUSED.clear()
+    _DOWNGRADED.clear()
     _WARNED.clear()

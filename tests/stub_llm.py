@@ -163,7 +163,9 @@ DEFAULTS: dict[str, Any] = {
     # scored_critique), scoring round k critic_scores[k-1]
     "critic_format": "prose",
     "critic_scores": [5],
-    # True: answer a request carrying a response_format with HTTP 400, as servers without JSON mode do
+    # True: answer a request carrying a response_format with HTTP 400, as servers without JSON mode do; or a dict
+    # {type: status} refusing only those response_format types, e.g. {"json_schema": 500} as llama-cpp-python's
+    # server does (a validation error as HTTP 500; it takes "json_object")
     "reject_response_format": False,
     # False: no /v1/embeddings route (404), as a chat-only server
     "embeddings": True,
@@ -301,8 +303,15 @@ class StubLLM:
                     "response_format": body.get("response_format"),
                 }
             )
-            if body.get("response_format") and self.config["reject_response_format"]:
+            rejected = self.config["reject_response_format"]
+            kind = (body.get("response_format") or {}).get("type")
+            if kind and rejected is True:
                 handler._json(400, {"error": {"message": "response_format is not supported", "type": "stub"}})
+                return
+            if kind and isinstance(rejected, dict) and kind in rejected:
+                expected = "Input should be 'text' or 'json_object'"
+                message = f"1 validation error: body.response_format.type: {expected}, got {kind!r}"
+                handler._json(rejected[kind], {"error": {"message": message, "type": "stub"}})
                 return
             fault = next((f for f in self.faults if f.get("node") in (None, node)), None)
             if fault is not None:

@@ -4,6 +4,7 @@ loop; the best version is the top-scored; JSON mode is asked for where the endpo
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import asynccontextmanager
 
 import pytest
@@ -118,11 +119,47 @@ async def test_an_endpoint_refusing_json_mode_is_asked_without_it(db_url, stub, 
         result = await runner.refine(thread, "generic", "Write about glaciers.", max_loops=5, min_score=9)
         assert result["stop_reason"] == "min_score"
         formats = [r["response_format"] for r in stub.requests if r["node"] == "critique"]
-        # refused once (HTTP 400), asked again without it, and never sent again to this endpoint and model
-        assert formats == [RESPONSE_FORMATS["json_schema"], None, None]
+        # json_schema refused (HTTP 400), then json_object, then asked without one, and never sent again to this
+        # endpoint and model
+        assert formats == [RESPONSE_FORMATS["json_schema"], RESPONSE_FORMATS["json_object"], None, None]
         state = (await runner.snapshot(thread)).values
         assert [(e["score"], e["requested"]) for e in score_entries(state)] == [(4.0, "none"), (9.0, "none")]
         assert "refused response_format" in caplog.text
+
+
+async def test_an_endpoint_taking_only_json_object_gets_json_object(db_url, stub, caplog):
+    """llama-cpp-python's server refuses a json_schema response_format with HTTP 500 (a validation error naming the
+    field) and takes json_object: the critic is asked with json_object from then on, and its JSON is scored."""
+    stub.configure(
+        critic_format="json", critic_scores=[4, 9], reject_response_format={"json_schema": 500}, changes=[30]
+    )
+    async with runner_with(db_url, stub) as runner:
+        thread = new_thread()
+        result = await runner.refine(thread, "generic", "Write about deltas.", max_loops=5, min_score=9)
+        assert result["stop_reason"] == "min_score"
+        formats = [r["response_format"] for r in stub.requests if r["node"] == "critique"]
+        assert formats == [
+            RESPONSE_FORMATS["json_schema"],
+            RESPONSE_FORMATS["json_object"],
+            RESPONSE_FORMATS["json_object"],
+        ]
+        state = (await runner.snapshot(thread)).values
+        assert [(e["score"], e["requested"]) for e in score_entries(state)] == [
+            (4.0, "json_object"),
+            (9.0, "json_object"),
+        ]
+        assert "asking with json_object" in caplog.text
+
+
+async def test_a_server_error_that_is_not_about_the_format_is_not_a_refusal(db_url, stub):
+    """A plain HTTP 500 on a critique (nothing about response_format) never downgrades the format."""
+    stub.configure(critic_format="json", critic_scores=[9], changes=[30])
+    stub.fail({"status": 500, "node": "critique"})
+    async with runner_with(db_url, stub) as runner:
+        with contextlib.suppress(Exception):  # retried or reported: either way, not a refusal of the format
+            await runner.refine(new_thread(), "generic", "Write about moraines.", max_loops=2, min_score=9)
+    formats = [r["response_format"] for r in stub.requests if r["node"] == "critique"]
+    assert formats and all(f == RESPONSE_FORMATS["json_schema"] for f in formats), formats
 
 
 async def test_json_mode_can_be_pinned_and_then_a_refusal_is_an_error(db_url, stub):
