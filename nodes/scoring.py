@@ -273,6 +273,21 @@ def _refused(message: str) -> bool:
     return bool(_REFUSAL.search(message) or _NAMES_FIELD.search(message))
 
 
+# A JSON-mode critique with no max_tokens of its own is capped: under a JSON grammar a weak model can pad its object
+# with whitespace until the context is full (SmolLM2-135M on llama.cpp ran into the 60 s request timeout, three times).
+# A critique cut even after the truncation policy's retry is asked for once more as prose, without the format.
+JSON_CRITIQUE_MAX_TOKENS = 1024
+
+
+def _capped(sampling: dict[str, Any]) -> dict[str, Any]:
+    if for_role(sampling, "critique").get("max_tokens"):
+        return sampling
+    roles = sampling.get("roles") or {}
+    if "critic" in roles:
+        return {**sampling, "roles": {**roles, "critic": {**roles["critic"], "max_tokens": JSON_CRITIQUE_MAX_TOKENS}}}
+    return {**sampling, "max_tokens": JSON_CRITIQUE_MAX_TOKENS}
+
+
 async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage], hint: str) -> tuple[Reply, str]:
     """The critic's reply and how it was requested: "json_schema", "json_object" or "none" (the prompt alone)."""
     setting = ctx.settings.critique_response_format
@@ -285,11 +300,18 @@ async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage],
         # reply cut at max_tokens instead of returning it to the truncation policy
         bind = {"extra_body": {"response_format": RESPONSE_FORMATS[requested]}}
         try:
-            reply = await ctx.models.complete(sampling, messages, "critique", overflow_hint=hint, bind=bind)
+            reply = await ctx.models.complete(_capped(sampling), messages, "critique", overflow_hint=hint, bind=bind)
             return reply, requested
         except ContextOverflowError:
             raise
         except ModelError as exc:
+            if "was cut off" in exc.message and for_role(sampling, "critique").get("max_tokens") is None:
+                log.warning(
+                    "A %s critique ran past %d tokens; asking for this one as prose.",
+                    requested,
+                    JSON_CRITIQUE_MAX_TOKENS,
+                )
+                break
             if setting != "auto" or not _refused(exc.message):
                 raise
             fallback = _FALLBACK[requested]

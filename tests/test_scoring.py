@@ -12,7 +12,7 @@ import pytest
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
 from redraft.graph.state import scores_for
-from redraft.nodes.scoring import RESPONSE_FORMATS, reset_refusals
+from redraft.nodes.scoring import JSON_CRITIQUE_MAX_TOKENS, RESPONSE_FORMATS, reset_refusals
 from tests.conftest import make_settings, new_thread
 
 
@@ -149,6 +149,21 @@ async def test_an_endpoint_taking_only_json_object_gets_json_object(db_url, stub
             (9.0, "json_object"),
         ]
         assert "asking with json_object" in caplog.text
+
+
+async def test_a_runaway_json_critique_is_capped_and_then_asked_as_prose(runner, stub, caplog):
+    """With no max_tokens of its own, a JSON-mode critique is capped at JSON_CRITIQUE_MAX_TOKENS (a weak model under
+    a JSON grammar can pad until the context is full); cut again on the retry, the same critique is asked as prose."""
+    stub.configure(critic_format="json", critic_scores=[9], changes=[30])
+    stub.fail({"truncate": 5, "node": "critique"}, {"truncate": 5, "node": "critique"})
+    result = await runner.refine(new_thread(), "generic", "Write about cirques.", max_loops=3, min_score=9)
+    critiques = [r for r in stub.requests if r["node"] == "critique"]
+    limits = [r["sampling"].get("max_tokens") for r in critiques]
+    formats = [r["response_format"] for r in critiques]
+    assert limits[:3] == [JSON_CRITIQUE_MAX_TOKENS, 2 * JSON_CRITIQUE_MAX_TOKENS, None], limits
+    assert formats[:3] == [RESPONSE_FORMATS["json_schema"]] * 2 + [None], formats
+    assert result["stop_reason"] == "min_score"  # the prose-asked critique still carried its JSON, and was scored
+    assert "asking for this one as prose" in caplog.text
 
 
 async def test_a_server_error_that_is_not_about_the_format_is_not_a_refusal(db_url, stub):
