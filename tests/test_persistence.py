@@ -116,7 +116,12 @@ def test_serializer_round_trips_json_and_refuses_pickle():
 
 @pytest.mark.postgres
 async def test_storage_grows_linearly_on_postgres(pg_url, stub):
-    """Total bytes for a thread stay within 1.5x of its text at 50 loops (a plain list reducer is ~25x).
+    """Total bytes for a thread stay within 1.75x of its text at 50 loops (a plain list reducer is ~25x).
+
+    The bound was 1.5x until each step also logged its model calls' usage (~0.16x: one ~300 B row per call) and the
+    critic's score (~0.07x), and delta channels took a snapshot every 32 updates for flat long-thread reads (~0.17x;
+    issue 19): measured 1.67x. Quadratic growth would still fail it by far; issue 19's own target (<= 1.0x) is
+    reported, not met, by `make bench`.
 
     Text sizes are those of real model output (~3 KB revisions, ~120-word critiques). LangGraph spends a fixed
     ~2 KB per loop on checkpoint rows, so much shorter texts give a higher ratio: bench/ reports the whole curve.
@@ -138,7 +143,7 @@ async def test_storage_grows_linearly_on_postgres(pg_url, stub):
             ).fetchone()[0]
             for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
         )
-    assert total / content <= 1.5, f"{total} bytes for {content} bytes of text"
+    assert total / content <= 1.75, f"{total} bytes for {content} bytes of text"
 
 
 def test_bad_settings_are_clear_errors(monkeypatch):
