@@ -107,6 +107,11 @@ class CompanionInfo(BaseModel):
     min_score: float | None = Field(default=None, description="stop once the critic scores a version this high")
     clear_history: bool
     mode: str
+    roles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="what each role (drafter, critic, reviser) resolves to: model and sampling, and own_endpoint when "
+        "the role has a base URL of its own (the URL itself is not shown)",
+    )
 
 
 class CompanionList(BaseModel):

@@ -11,7 +11,7 @@ from fastmcp.server.sessions import SessionId
 from pydantic import Field
 
 from redraft.graph.anomalies import anomalies, figures
-from redraft.graph.companions import COMPANION_MAP, get_companion
+from redraft.graph.companions import COMPANION_MAP, get_companion, role_models
 from redraft.graph.runner import thread_id_for
 from redraft.server.middleware import ArgumentErrors, guard
 from redraft.server.models import (
@@ -30,6 +30,7 @@ from redraft.server.stats import model_of
 from redraft.server.task_gates import answer_parked, parked_run
 from redraft.server.tasks import TASK, ending, run_task, task_id_of, task_thread
 from redraft.server.validation import ID_CHARS, text
+from redraft.settings import mask_url
 
 CompanionName = text(ID_CHARS, f"Companion type: one of {', '.join(COMPANION_MAP)}.")
 Threshold = Annotated[
@@ -130,9 +131,22 @@ def register_tools(mcp: FastMCP, app) -> None:
     @guard()
     async def companions() -> CompanionList:
         """The companion types and their defaults (model, temperature, threshold, max_loops, history, mode)."""
+        roles = role_models(app.settings)
+        default_url = mask_url(app.settings.base_url) if app.settings.base_url else None
+        shown = {
+            name: {
+                role: {
+                    **{k: v for k, v in chosen.items() if k != "base_url"},
+                    "own_endpoint": chosen["base_url"] != default_url,
+                }
+                for role, chosen in by_role.items()
+            }
+            for name, by_role in roles.items()
+        }
         return CompanionList(
             companions=[
-                CompanionInfo(**get_companion(name, app.settings.companions).public()) for name in COMPANION_MAP
+                CompanionInfo(**get_companion(name, app.settings.companions).public(), roles=shown[name])
+                for name in COMPANION_MAP
             ]
         )
 

@@ -143,3 +143,23 @@ def test_role_keys_are_masked_in_settings_errors(monkeypatch):
     assert CRITIC_KEY in configured_secrets()
     monkeypatch.setenv("REDRAFT_COMPANIONS", json.dumps({"code": {"critic": {"api_key": MAIN_KEY}}}))
     assert MAIN_KEY in configured_secrets()
+
+
+async def test_companions_lists_each_roles_model_and_no_endpoint(tmp_path, stub, critic_stub):
+    """The MCP `companions` tool shows what each role resolves to (model, sampling, whether it has an endpoint of its
+    own), and never the role's URL or key."""
+    from redraft.server.app import create_server
+    from tests.clients import PlainClient
+
+    roles = {"critic": {"model": "strong", "base_url": critic_stub.base_url, "api_key": CRITIC_KEY, "temperature": 0.1}}
+    settings = make_settings(
+        str(tmp_path / "r.sqlite"), stub, api_key=MAIN_KEY, model="cheap", companions={"essay": roles}
+    )
+    async with PlainClient(create_server(settings)) as client:
+        result = await client.call_tool("companions", {})
+    listed = {c["name"]: c["roles"] for c in result.structured_content["companions"]}
+    assert listed["essay"]["critic"] == {"model": "strong", "temperature": 0.1, "own_endpoint": True}
+    assert listed["essay"]["drafter"]["model"] == "cheap" and not listed["essay"]["drafter"]["own_endpoint"]
+    assert {role["model"] for role in listed["generic"].values()} == {"cheap"}
+    text = json.dumps(result.structured_content)
+    assert CRITIC_KEY not in text and critic_stub.base_url not in text
