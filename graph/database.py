@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -296,6 +297,9 @@ class SqliteDatabase(Database):
 
     def __init__(self, conn) -> None:
         self.conn = conn
+        # rows carry their column names, so a read is one trip to the connection's thread (execute_fetchall), not
+        # three (execute, fetch, close the cursor); they still index by position
+        conn.row_factory = sqlite3.Row
         # the connection is shared by every coroutine of the process: a transaction must not interleave with them
         self.lock = asyncio.Lock()
 
@@ -306,9 +310,8 @@ class SqliteDatabase(Database):
             return cur.rowcount
 
     async def _fetchall(self, sql: str, params: tuple) -> list[dict[str, Any]]:
-        async with self.lock, self.conn.execute(sql, params) as cur:
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+        async with self.lock:
+            return [dict(row) for row in await self.conn.execute_fetchall(sql, params)]
 
     async def setup(self) -> None:
         await super().setup()
@@ -335,16 +338,15 @@ class SqliteDatabase(Database):
         """Take the lease if it is free, in one statement (atomic: SQLite runs one writer at a time, and the triggers
         advance the token counter in the same statement); the new token, or None."""
         now = time.time()
-        async with conn.execute(
+        rows = await conn.execute_fetchall(  # one trip to the connection's thread
             "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
             "VALUES (?, ?, (SELECT value + 1 FROM redraft_fence WHERE id = 1), ?) "
             "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
             "expires_at = excluded.expires_at WHERE redraft_leases.expires_at < ? OR (? AND redraft_leases.owner = ?) "
             "RETURNING token",
             (thread_id, owner, now + ttl, now, over_tombstone, TOMBSTONE),
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else None
+        )
+        return int(rows[0][0]) if rows else None
 
     async def grant(self, thread_id: str) -> Lease:
         async with self.guarded(), self.lock:  # one autocommit statement, no transaction round trips
