@@ -142,8 +142,9 @@ async def _steps(
 ) -> dict:
     """The claimed run's steps to its next stop, and its record's final update."""
     run_id, thread_id = run["run_id"], run["thread_id"]
-    # the phase is the run's own until its first step reports one (run_view falls back to the record's)
-    await bus.publish(run_id, {"type": "status", "status": "running", "phase": None, "worker": worker})
+    # the phase is the run's own until its first step reports one (run_view falls back to the record's); sent while
+    # the run starts (a Redis round trip need not come first), and every later event of this worker after it
+    bus = _InOrder(bus, {"type": "status", "status": "running", "phase": None, "worker": worker}, run_id)
 
     progress = Progress(runner, store, bus, run_id, thread_id, run)
     conflict_until = time.monotonic() + runner.persistence.db.lease_ttl + 2.0
@@ -223,6 +224,26 @@ async def _steps(
         tokens=progress.tokens,
     )
     return run_view(await store.get(run_id))
+
+
+_sending: set[asyncio.Future] = set()
+
+
+class _InOrder(Bus):
+    """The bus, with a first event sent in the background: each later publish waits for it, so they stay in order."""
+
+    def __init__(self, bus: Bus, event: dict, run_id: str) -> None:
+        self._bus = bus
+        self._first: asyncio.Future | None = asyncio.ensure_future(bus.publish(run_id, event))
+        _sending.add(self._first)  # held until sent, whether or not a later event waits for it
+        self._first.add_done_callback(_sending.discard)
+
+    async def publish(self, run_id: str, event: dict) -> None:
+        if self._first is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._first)
+            self._first = None
+        await self._bus.publish(run_id, event)
 
 
 def _edits_thread(run: dict) -> bool:

@@ -22,16 +22,28 @@ class CancelledAtBoundary(Exception):
     """The run was cancelled and this worker noticed at a step boundary (a backstop to the task cancellation)."""
 
 
-async def head_checkpoint_id(runner: Runner, thread_id: str) -> str:
-    """The id of the thread's newest checkpoint ("" if none), read without loading the checkpoint."""
+# the id of a thread's newest checkpoint ("" if none), read without loading the checkpoint; one parameter, the thread
+HEAD_SQL = (
+    "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = '' "
+    "ORDER BY checkpoint_id DESC LIMIT 1"
+)
+
+
+def local_head(runner: Runner, thread_id: str) -> str | None:
+    """The thread's head checkpoint id when the checkpoints live in this process (the memory saver), else None (a
+    statement reads it: ``HEAD_SQL``, or inside the claim that needs it)."""
     persistence = runner.persistence
     if persistence.kind == "memory":
         return max(persistence.saver.storage.get(thread_id, {}).get("", {}) or [""])
-    row = await persistence.db.fetchone(
-        "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = '' "
-        "ORDER BY checkpoint_id DESC LIMIT 1",
-        (thread_id,),
-    )
+    return None
+
+
+async def head_checkpoint_id(runner: Runner, thread_id: str) -> str:
+    """The id of the thread's newest checkpoint ("" if none), read without loading the checkpoint."""
+    head = local_head(runner, thread_id)
+    if head is not None:
+        return head
+    row = await runner.persistence.db.fetchone(HEAD_SQL, (thread_id,))
     return row["checkpoint_id"] if row else ""
 
 

@@ -156,26 +156,32 @@ class RunStore:
             )
         )
 
-    async def claim_noted(self, run_id: str, fields: dict, worker: str, base_checkpoint: str) -> dict | None:
+    async def claim_noted(
+        self, run_id: str, fields: dict, worker: str, base_checkpoint: str | None, head_sql: str = ""
+    ) -> dict | None:
         """``claim`` for the first leg of a run noted at MCP task creation: complete the note with ``fields`` and
-        claim it for ``worker`` from ``base_checkpoint``, in one statement, if it is still the untouched note and no
-        other run is queued or running on its thread. The run afterwards (running), else None."""
+        claim it for ``worker`` from ``base_checkpoint`` (None: the thread's head, read in the same statement by
+        ``head_sql``, which takes the thread id), in one statement, if it is still the untouched note and no other run
+        is queued or running on its thread. The run afterwards (running), else None."""
         unknown = set(fields) - set(_FIELDS)
         if unknown:
             raise ValueError(f"unknown run fields: {sorted(unknown)}")
         sets = ", ".join(f"{name} = ?" for name in fields)
+        base, base_params = "?", (base_checkpoint,)
+        if base_checkpoint is None:
+            base, base_params = f"COALESCE(({head_sql}), '')", (fields["thread_id"],)
         now = time.time()
         return decode_run(
             await self.db.fetchone(
                 f"UPDATE redraft_runs SET {sets}, status = 'running', worker = ?, attempts = 1, started_at = ?, "
-                "base_checkpoint = ?, updated_at = ? WHERE run_id = ? AND status = 'queued' AND attempts = 0 "
+                f"base_checkpoint = {base}, updated_at = ? WHERE run_id = ? AND status = 'queued' AND attempts = 0 "
                 "AND NOT EXISTS (SELECT 1 FROM redraft_runs other WHERE other.thread_id = ? "
                 "AND other.status IN ('queued', 'running') AND other.run_id <> ?) RETURNING *",
                 (
                     *(_encode(k, v) for k, v in fields.items()),
                     worker,
                     now,
-                    base_checkpoint,
+                    *base_params,
                     now,
                     run_id,
                     fields["thread_id"],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -29,18 +30,19 @@ from typing import Any
 
 import mcp_types
 from fastmcp import Context
-from fastmcp.utilities.tasks import TaskConfig
+from fastmcp.utilities.tasks import TASKS_EXTENSION_ID, TaskConfig
 from fastmcp_tasks import TasksExtension
-from fastmcp_tasks.models import CreateTaskResult
 
 from redraft.errors import ConflictError, DrainingError, InvalidInputError, RedraftError, StorageError
 from redraft.graph.database import OWNER
-from redraft.graph.runexec import execute_run, head_checkpoint_id
+from redraft.graph.runexec import execute_run
 from redraft.graph.runner import thread_id_for
+from redraft.graph.runprogress import HEAD_SQL, local_head
 from redraft.graph.runs import ACTIVE
 from redraft.server.drain import handed_back, requeue_task_leg
 from redraft.server.sessions import principal_key
 from redraft.server.task_gates import answer_to, ask, checked_answer
+from redraft.server.taskcreate import create_task, forget_note, note_run, noted_thread, opted_in, optional_task_tool
 from redraft.settings import Settings
 
 log = logging.getLogger("redraft.tasks")
@@ -56,23 +58,27 @@ ELICIT_KEY_TTL_S = 7 * 24 * 3600
 
 
 class RedraftTasks(TasksExtension):
-    """The tasks extension, also noting per task whether its client can answer an elicitation (declared the
-    elicitation capability on the ``tools/call``): a gate is asked only of a client that can answer it (MCP forbids
-    sending an elicitation to one that cannot); to any other it ends the task with the thread at its pending gate."""
+    """The tasks extension, creating a task in fewer round trips (server/taskcreate.py) with redraft's run record
+    written meanwhile, and noting per task whether its client can answer an elicitation (declared the elicitation
+    capability on the ``tools/call``): a gate is asked only of a client that can answer it (MCP forbids sending an
+    elicitation to one that cannot); to any other it ends the task with the thread at its pending gate."""
 
     async def intercept_tool_call(self, params, context, call_next):
-        outcome = await super().intercept_tool_call(params, context, call_next)
-        if isinstance(outcome, CreateTaskResult) and params.name in NOTED:
-            await _note_run(self.server, outcome.task_id, params.name, params.arguments or {})
-        if isinstance(outcome, CreateTaskResult) and self.server._docket is not None:
-            caps = ((context.request_context and context.request_context.meta) or {}).get(
-                mcp_types.CLIENT_CAPABILITIES_META_KEY
-            )
-            can = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
-            docket = self.server._docket
-            async with docket.redis() as redis:
-                await redis.set(_elicit_key(docket, outcome.task_id), "1" if can else "0", ex=ELICIT_KEY_TTL_S)
-        return outcome
+        tool = None
+        if self.server._docket is not None and opted_in(context, TASKS_EXTENSION_ID):
+            tool = await optional_task_tool(params, context)
+        if tool is None:  # a foreground call, or a task the library's own path creates
+            return await super().intercept_tool_call(params, context, call_next)
+        caps = ((context.request_context and context.request_context.meta) or {}).get(
+            mcp_types.CLIENT_CAPABILITIES_META_KEY
+        )
+        can = isinstance(caps, dict) and isinstance(caps.get("elicitation"), dict)
+        note = None
+        if params.name in NOTED:
+            note = functools.partial(note_run, self.server, kind=params.name, args=params.arguments or {})
+        return await create_task(
+            tool, params, context, note=note, flags={ELICIT_KEY: ("1" if can else "0", ELICIT_KEY_TTL_S)}
+        )
 
     async def _handle_get(self, ctx, params):
         """``tasks/get``; a client that collects a task's result (or its gate) is active on the run's session, as a
@@ -87,31 +93,11 @@ class RedraftTasks(TasksExtension):
         return result
 
 
-async def _note_run(server, task_id: str, kind: str, args: dict) -> None:
-    """Write the run record of a new refine / replay task before its id reaches the client, so ``run_status`` knows the
-    id from the first moment. The task body completes the record (it validates the session) or removes it."""
-    app = (server._lifespan_result or {}).get("redraft")
-    if app is None or app.runs is None:
-        return
-    session_id, companion = str(args.get("session_id")), str(args.get("companion") or "generic")
-    try:  # a call the body will refuse gets no note: the worker may have run (and refused) it already
-        await app.thread(session_id, companion)
-    except Exception:
-        return
-    with contextlib.suppress(Exception):  # the worker may have written it first: it is the same run
-        await app.runs.create(
-            run_id=task_id,
-            thread_id=thread_id_for(session_id, companion),
-            session_id=session_id,
-            companion=companion,
-            principal=principal_key(),
-            kind=kind,
-            request={"task": True},
-        )
+ELICIT_KEY = "redraft:can-elicit:{task_id}"
 
 
 def _elicit_key(docket, task_id: str) -> str:
-    return docket.key(f"redraft:can-elicit:{task_id}")
+    return docket.key(ELICIT_KEY.format(task_id=task_id))
 
 
 async def can_elicit(ctx: Context) -> bool:
@@ -150,15 +136,17 @@ def task_id_of(ctx: Context | None) -> str | None:
 
 
 async def task_thread(app, ctx: Context, session_id: str, companion: str) -> str:
-    """``app.thread`` for a task body. A refused session or companion changes nothing: the run noted at task creation
-    is removed again (the task itself ends with the error)."""
+    """``app.thread`` for a task body; a first leg whose run this process noted at creation has had it done already.
+    A refused session or companion changes nothing: the run noted at task creation is removed again (the task itself
+    ends with the error)."""
+    thread = noted_thread(ctx.task_id)
+    if thread is not None and thread == thread_id_for(session_id, companion):
+        return thread
     try:
         return await app.thread(session_id, companion)
     except RedraftError:
         with contextlib.suppress(Exception):
-            await app.runs.db.execute(
-                "DELETE FROM redraft_runs WHERE run_id = ? AND status = 'queued' AND attempts = 0", (ctx.task_id,)
-            )
+            await forget_note(app, ctx.task_id)
         raise
 
 
@@ -178,7 +166,7 @@ async def run_task(
     }
     # the usual first leg: complete the run noted at creation and claim it, in one statement, while no other run
     # holds the thread; it starts at the thread's head
-    run = await app.runs.claim_noted(run_id, fields, OWNER, await head_checkpoint_id(app.runner, thread))
+    run = await app.runs.claim_noted(run_id, fields, OWNER, local_head(app.runner, thread), HEAD_SQL)
     claimed = run is not None
     if run is None:
         run = await app.runs.get(run_id)
