@@ -61,11 +61,13 @@ _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 _PY_LITERALS = {"true": "True", "false": "False", "null": "None"}
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10(?:\.0+)?)?\s*$")
-# Endpoints (base URL, model) that refused a response_format in "auto" mode, and the format they are asked with from
-# then on: json_schema, then json_object (llama.cpp takes only that), then none. A capability memo per process, not
-# state: a fresh process finds out again with one refused request.
+# Endpoints (base URL, model) that refused a response_format in "auto" mode: asked with the prompt alone from then on
+# (the tolerant parser still reads a JSON critique written as prose). Not json_object: the one server known to refuse
+# json_schema, llama-cpp-python, takes json_object through a grammar that sampled ~3 tokens/s on this machine against
+# ~50 without (SmolLM2-135M), so every critique ran into the request timeout. json_object stays available pinned.
+# A capability memo per process, not state: a fresh process finds out again with one refused request.
 _DOWNGRADED: dict[tuple[str | None, str], str] = {}
-_FALLBACK = {"json_schema": "json_object", "json_object": "none"}
+_FALLBACK = {"json_schema": "none", "json_object": "none"}
 
 
 @dataclass(frozen=True)
@@ -317,10 +319,10 @@ async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage],
             fallback = _FALLBACK[requested]
             _DOWNGRADED[key] = fallback
             log.warning(
-                "The critic endpoint refused response_format %s (%s); asking with %s from now on for model %s.",
+                "The critic endpoint refused response_format %s (%s); asking %s from now on for model %s.",
                 requested,
                 exc.message,
-                fallback,
+                "with the prompt alone" if fallback == "none" else f"with {fallback}",
                 key[1],
             )
             requested = fallback
