@@ -26,16 +26,11 @@ import langgraph.pregel._checkpoint as _pregel_checkpoint
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from redraft.errors import ConfigError, RedraftError, StorageError
-from redraft.graph.database import (
-    Database,
-    MemoryDatabase,
-    PostgresDatabase,
-    SqliteDatabase,
-    storage_error,
-)
+from redraft.graph.database import Database, PostgresDatabase, storage_error
 from redraft.graph.fencing import fenced_sqlite_commit
 from redraft.graph.pgsaver import FencedPostgres
 from redraft.graph.serde import SafeSerializer
+from redraft.graph.sqlitedb import MemoryDatabase, SqliteDatabase
 from redraft.graph.state import SNAPSHOT_EVERY
 from redraft.settings import Settings
 
