@@ -98,11 +98,18 @@ def make_settings(db_url: str, stub: StubLLM, **extra):
     )
 
 
-@pytest.fixture
-async def runner(db_url, stub) -> AsyncIterator[Runner]:
-    settings = make_settings(db_url, stub)
+@contextlib.asynccontextmanager
+async def runner_with(db_url: str, stub: StubLLM, **extra) -> AsyncIterator[Runner]:
+    """A Runner on ``db_url`` and the stub, with these settings on top of the tests' defaults."""
+    settings = make_settings(db_url, stub, **extra)
     async with open_persistence(settings) as persistence:
         yield Runner(persistence, settings)
+
+
+@pytest.fixture
+async def runner(db_url, stub) -> AsyncIterator[Runner]:
+    async with runner_with(db_url, stub) as made:
+        yield made
 
 
 REDIS_URL = os.environ.get("REDRAFT_TEST_REDIS", "redis://127.0.0.1:6379/0")

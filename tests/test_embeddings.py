@@ -4,24 +4,14 @@
 from __future__ import annotations
 
 import socket
-from contextlib import asynccontextmanager
 
 import pytest
 
-from redraft.graph.checkpointer import open_persistence
 from redraft.graph.convergence import similarity
-from redraft.graph.runner import Runner
 from redraft.graph.state import scores_for, versions
 from redraft.nodes import embeddings
-from tests.conftest import make_settings, new_thread
+from tests.conftest import new_thread, runner_with
 from tests.stub_llm import embedding
-
-
-@asynccontextmanager
-async def runner_with(db_url, stub, **extra):
-    settings = make_settings(db_url, stub, **extra)
-    async with open_persistence(settings) as persistence:
-        yield Runner(persistence, settings)
 
 
 @pytest.fixture(autouse=True)

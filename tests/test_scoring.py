@@ -5,22 +5,12 @@ loop; the best version is the top-scored; JSON mode is asked for where the endpo
 from __future__ import annotations
 
 import contextlib
-from contextlib import asynccontextmanager
 
 import pytest
 
-from redraft.graph.checkpointer import open_persistence
-from redraft.graph.runner import Runner
 from redraft.graph.state import scores_for
 from redraft.nodes.scoring import JSON_CRITIQUE_MAX_TOKENS, RESPONSE_FORMATS, reset_refusals
-from tests.conftest import make_settings, new_thread
-
-
-@asynccontextmanager
-async def runner_with(db_url, stub, **extra):
-    settings = make_settings(db_url, stub, **extra)
-    async with open_persistence(settings) as persistence:
-        yield Runner(persistence, settings)
+from tests.conftest import new_thread, runner_with
 
 
 @pytest.fixture(autouse=True)
