@@ -29,7 +29,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 
-from redraft.errors import ConfigError, ContextOverflowError, DrainingError, ModelError
+from redraft.errors import ConfigError, ContextOverflowError, DrainingError, ModelError, TruncatedReplyError
 from redraft.nodes import usage
 from redraft.nodes.deadline import model_http_client, model_timeout
 from redraft.nodes.pricing import cost_of
@@ -248,18 +248,16 @@ class ModelProvider:
             try:
                 text, finish = await self._ask({**sampling, "max_tokens": room}, messages, purpose, hint, bind)
             except ContextOverflowError as exc:
-                raise ModelError(
+                raise TruncatedReplyError(
                     f"{cut}, and a retry with max_tokens={room} does not fit the model's context window "
-                    f"({exc.message}). Nothing was stored.",
-                    retryable=False,
+                    f"({exc.message}). Nothing was stored."
                 ) from None
             if finish != "length":
                 return Reply(_non_empty(text, purpose), {**note, "action": "retried", "retry_max_tokens": room})
             cut += f", and again at max_tokens={room}"
-        raise ModelError(
+        raise TruncatedReplyError(
             f"{cut} (finish_reason=length); nothing was stored. Supply the text yourself, start the query again with "
-            "a larger sampling.max_tokens, or set REDRAFT_ON_TRUNCATION=accept to keep cut replies.",
-            retryable=False,
+            "a larger sampling.max_tokens, or set REDRAFT_ON_TRUNCATION=accept to keep cut replies."
         )
 
 

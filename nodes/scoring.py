@@ -22,7 +22,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from redraft.errors import ContextOverflowError, ModelError
+from redraft.errors import ContextOverflowError, ModelError, TruncatedReplyError
 from redraft.graph.convergence import NO_FURTHER_CHANGES, critic_is_satisfied
 from redraft.nodes.model import Reply
 from redraft.nodes.roles import endpoint_of, for_role
@@ -66,8 +66,7 @@ _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10(?:\.0+)?)?\s*$")
 # json_schema, llama-cpp-python, takes json_object through a grammar that sampled ~3 tokens/s on this machine against
 # ~50 without (SmolLM2-135M), so every critique ran into the request timeout. json_object stays available pinned.
 # A capability memo per process, not state: a fresh process finds out again with one refused request.
-_DOWNGRADED: dict[tuple[str | None, str], str] = {}
-_FALLBACK = {"json_schema": "none", "json_object": "none"}
+_REFUSED: set[tuple[str | None, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -295,8 +294,10 @@ async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage],
     setting = ctx.settings.critique_response_format
     role = for_role(sampling, "critique")
     key = (endpoint_of(ctx.settings, role).base_url, str(role.get("model")))
-    requested = _DOWNGRADED.get(key, "json_schema") if setting == "auto" else setting
-    while requested != "none":
+    requested = setting
+    if setting == "auto":
+        requested = "none" if key in _REFUSED else "json_schema"
+    if requested != "none":
         # in the request body as is, not through langchain's response_format argument: that takes the openai client's
         # parse API, which re-parses the partial JSON at every streamed chunk (seconds per reply) and raises on a
         # reply cut at max_tokens instead of returning it to the truncation policy
@@ -306,26 +307,23 @@ async def ask_critic(ctx, sampling: dict[str, Any], messages: list[BaseMessage],
             return reply, requested
         except ContextOverflowError:
             raise
+        except TruncatedReplyError:
+            if role.get("max_tokens") is not None:  # the caller's own limit: its truncation policy stands
+                raise
+            log.warning(
+                "A %s critique ran past %d tokens; asking for this one as prose.", requested, JSON_CRITIQUE_MAX_TOKENS
+            )
         except ModelError as exc:
-            if "was cut off" in exc.message and for_role(sampling, "critique").get("max_tokens") is None:
-                log.warning(
-                    "A %s critique ran past %d tokens; asking for this one as prose.",
-                    requested,
-                    JSON_CRITIQUE_MAX_TOKENS,
-                )
-                break
             if setting != "auto" or not _refused(exc.message):
                 raise
-            fallback = _FALLBACK[requested]
-            _DOWNGRADED[key] = fallback
+            _REFUSED.add(key)
             log.warning(
-                "The critic endpoint refused response_format %s (%s); asking %s from now on for model %s.",
+                "The critic endpoint refused response_format %s (%s); asking with the prompt alone from now on for "
+                "model %s.",
                 requested,
                 exc.message,
-                "with the prompt alone" if fallback == "none" else f"with {fallback}",
                 key[1],
             )
-            requested = fallback
     return await ctx.models.complete(sampling, messages, "critique", overflow_hint=hint), "none"
 
 
@@ -352,5 +350,5 @@ def log_fallback(sampling: dict[str, Any], slot: int, n: int, note: str | None) 
 
 def reset_refusals() -> None:
     """Forget which endpoints refused a response_format, and which models were warned about (tests)."""
-    _DOWNGRADED.clear()
+    _REFUSED.clear()
     _WARNED.clear()

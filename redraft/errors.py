@@ -116,6 +116,14 @@ class ModelError(RedraftError):
         self.retryable = retryable
 
 
+class TruncatedReplyError(ModelError):
+    """A reply was cut at ``max_tokens`` and the truncation policy (``REDRAFT_ON_TRUNCATION``) did not accept it.
+    Same code as any model error; its own class so a caller can tell it apart without reading the message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class ContextOverflowError(ModelError):
     """The model server refused the prompt as larger than its context window. Retrying the same step repeats the
     refusal: lower ``sampling.max_tokens``, or fork with a shorter text."""
