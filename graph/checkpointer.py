@@ -27,7 +27,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from redraft.errors import ConfigError, RedraftError, StorageError
 from redraft.graph.database import Database, PostgresDatabase, storage_error
-from redraft.graph.fencing import fenced_sqlite_commit
+from redraft.graph.fencing import RollbackLock, fenced_sqlite_commit
 from redraft.graph.pgsaver import FencedPostgres
 from redraft.graph.serde import SafeSerializer
 from redraft.graph.sqlitedb import MemoryDatabase, SqliteDatabase
@@ -282,6 +282,7 @@ async def _open_sqlite(kind: str, path: str, serde) -> AsyncIterator[Persistence
             await conn.execute("PRAGMA busy_timeout=30000")
             fenced_sqlite_commit(conn)
             saver = type("RedraftSqliteSaver", (CompactVersions, AsyncSqliteSaver), {})(conn, serde=serde)
+            saver.lock = RollbackLock(conn)  # a write cut off before its commit leaves no transaction open
             await saver.setup()
         db = MemoryDatabase(own) if kind == "memory" else SqliteDatabase(own)
         await db.setup()

@@ -140,3 +140,25 @@ def fenced_sqlite_commit(conn) -> None:
         await commit()
 
     conn.commit = checked_commit
+
+
+class RollbackLock(asyncio.Lock):
+    """The SQLite saver's lock, which also ends a transaction its holder leaves open. A step cancelled (a cancelled
+    run, a lost lease, a shutdown) between the saver's write statement and its commit would otherwise leave that
+    transaction open: it holds the file's write lock, so every write on redraft's own tables waits out the busy
+    timeout and fails, and the next saver write would commit the cancelled one with it, past its fence.
+
+    The rollback is queued on the connection's thread before the lock is released, so it runs before any statement of
+    the next holder (aiosqlite runs a connection's calls in order), even if this task is cancelled again meanwhile."""
+
+    def __init__(self, conn) -> None:
+        super().__init__()
+        self.conn = conn
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                with contextlib.suppress(BaseException):  # queued at the call; a second cancellation only stops waiting
+                    await self.conn.rollback()  # sqlite3's rollback: a no-op with no transaction open
+        finally:
+            self.release()

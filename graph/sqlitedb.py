@@ -50,11 +50,14 @@ class SqliteDatabase(Database):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
         async with self.guarded(), self.lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            try:  # a cancellation while BEGIN is queued still lets it run: it must be rolled back too
+                await self.conn.execute("BEGIN IMMEDIATE")
                 yield self.conn
             except BaseException:
-                await self.conn.execute("ROLLBACK")
+                # queued on the connection's thread at the call, while we hold the lock, so it runs before anything
+                # else on the connection, even if a second cancellation stops the wait; a no-op with no transaction
+                with contextlib.suppress(BaseException):
+                    await self.conn.rollback()
                 raise
             await self.conn.execute("COMMIT")
 

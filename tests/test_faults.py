@@ -15,7 +15,7 @@ from redraft.graph.state import check_invariants
 from redraft.graph.timetravel import history
 from redraft.server.app import create_server
 from tests.clients import PlainClient as Client
-from tests.conftest import make_settings, new_thread
+from tests.conftest import make_settings, new_thread, runner_with
 
 
 async def _snapshot_key(runner, thread):
@@ -125,3 +125,40 @@ async def test_killed_postgres_connections_fail_clearly_and_the_pool_recovers(pg
             assert state["phase"] == "done" and len(state["slot"]["revision"]) == 4
             nodes = [e["node"] for e in reversed((await history(runner, t, limit=100))["checkpoints"])]
             assert nodes == ["start", "input", "draft"] + ["critique", "revise"] * 4
+
+
+async def test_a_step_cancelled_mid_write_leaves_sqlite_writable(tmp_path, stub):
+    """Cancelling a step (a cancelled run, a lost lease, a shutdown) while the SQLite saver is between its write and
+    its commit, or redraft's own tables mid-transaction, must not leave a transaction open: it would hold the file's
+    write lock, and every other write (a run's claim, a lease, another process) would wait out the busy timeout."""
+    import random
+    import sqlite3
+
+    path = tmp_path / "c.sqlite"
+
+    def writable() -> None:  # another connection takes the write lock at once, or fails
+        probe = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        finally:
+            probe.close()
+
+    async with runner_with(str(path), stub) as runner:
+        db = runner.persistence.db
+        rng = random.Random(7)
+        for trial in range(40):
+            task = asyncio.create_task(
+                runner.refine(new_thread(), "generic", f"Cancel me {trial}.", max_loops=3, similarity_threshold=1.0)
+            )
+            await asyncio.sleep(rng.uniform(0.0, 0.04))
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.to_thread(writable)
+        for trial in range(20):  # a transaction on redraft's own tables (ending a session), cut at each await
+            task = asyncio.create_task(db.retire([new_thread() for _ in range(3)]))
+            for _ in range(trial % 6):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.to_thread(writable)
