@@ -155,6 +155,8 @@ DEFAULTS: dict[str, Any] = {
     "critic_stop_text": "NO FURTHER CHANGES",  # what it answers from that round on
     "changes": [12, 8, 4, 0],  # words changed at revision 1, 2, 3, ...; the last value repeats
     "latency_ms": 0,
+    # a streamed reply's chunks spread over this many ms (after latency_ms), as a model generating them does
+    "stream_ms": 0,
     "critique_words": 40,
     # True: behave like llama.cpp, reading only the classic `max_tokens` field (never `max_completion_tokens`) and
     # cutting a longer reply at that many words, finish_reason "length"
@@ -355,7 +357,9 @@ class StubLLM:
             usage = usage_for(self.config, messages, content)
         if body.get("stream"):
             wanted = (body.get("stream_options") or {}).get("include_usage")
-            self._stream(handler, model, content, finish, usage=usage if wanted else None)
+            self._stream(
+                handler, model, content, finish, usage=usage if wanted else None, spread=self.config["stream_ms"] / 1000
+            )
             return
         handler._json(
             200,
@@ -408,6 +412,7 @@ class StubLLM:
         finish: str = "stop",
         error: dict | None = None,
         usage: dict | None = None,
+        spread: float = 0.0,
     ) -> None:
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
@@ -424,6 +429,9 @@ class StubLLM:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
             }
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if spread:
+                handler.wfile.flush()
+                time.sleep(spread / len(pieces))
         if error is not None:  # how a server reports a failure after it has started streaming
             handler.wfile.write(f"data: {json.dumps({'error': error})}\n\n".encode())
             handler.wfile.flush()

@@ -80,8 +80,9 @@ async def poll(client: mcp.Client, task_id: str, until=TERMINAL, within: float =
 async def test_official_sdk_client_with_5s_read_timeout_completes_a_20_step_refine_by_task_polling(
     pg_url, redis_url, stub
 ):
-    # the stub answers one reply per second and never converges: 1 draft + 2 x 10 loops = 21 model replies (~21 s)
-    stub.configure(latency_ms=1000, changes=[12])
+    # the stub answers one reply per second and never converges: 1 draft + 2 x 10 loops = 21 model replies (~21 s);
+    # each reply streams over its second half, so a poll once a second sees "tokens so far" within steps
+    stub.configure(latency_ms=500, stream_ms=500, changes=[12])
     with http_server(server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)) as server:
         async with mcp.Client(server.url, read_timeout_seconds=5, extensions=[TasksOptIn()]) as client:
             sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
