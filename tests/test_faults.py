@@ -156,9 +156,10 @@ async def test_a_step_cancelled_mid_write_leaves_sqlite_writable(tmp_path, stub)
             await asyncio.gather(task, return_exceptions=True)
             await asyncio.to_thread(writable)
         for trial in range(20):  # a transaction on redraft's own tables (ending a session), cut at each await
-            task = asyncio.create_task(db.retire([new_thread() for _ in range(3)]))
+            ids = [new_thread() for _ in range(3)]
+            retiring = asyncio.create_task(db.retire(ids))
             for _ in range(trial % 6):
                 await asyncio.sleep(0)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            retiring.cancel()
+            await asyncio.gather(retiring, return_exceptions=True)
             await asyncio.to_thread(writable)
