@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 
 import mcp
@@ -63,6 +64,9 @@ async def never_called(context, params):
     raise AssertionError("the test answers gates through tasks/update itself")
 
 
+_JITTER = random.Random(16)
+
+
 async def poll(client: mcp.Client, task_id: str, until=TERMINAL, within: float = 120) -> tuple:
     """Poll tasks/get at the advertised interval until the task's status is in ``until``; also return every
     (status, status message) seen."""
@@ -73,7 +77,9 @@ async def poll(client: mcp.Client, task_id: str, until=TERMINAL, within: float =
         seen.append((task.status, task.status_message))
         if task.status in until:
             return task, seen
-        await asyncio.sleep((task.poll_interval_ms or 1000) / 1000)
+        # at most the advertised interval, and not in lockstep with a stub that answers exactly once a second (a
+        # poll phase-locked to the steps would see only one part of each: always "tokens so far", or never)
+        await asyncio.sleep((task.poll_interval_ms or 1000) / 1000 * _JITTER.uniform(0.5, 1.0))
     raise AssertionError(f"task {task_id} did not reach {until} in {within}s; saw {seen[-5:]}")
 
 
