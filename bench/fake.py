@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from redraft.nodes.model import ModelProvider
-from tests.stub_llm import DEFAULTS, answer, node_of
+from tests.stub_answers import DEFAULTS, answer, node_of
 
 ROLE = {"system": "system", "human": "user", "ai": "assistant"}
 

@@ -18,8 +18,8 @@ import mcp
 from fastmcp_tasks.client_models import ClientCreateTaskResult
 
 from tests.servers import REDRAFT, HttpServer, server_env
+from tests.task_client import TasksOptIn, poll
 from tests.test_runs_replicas import _linear_once, call, wait_for
-from tests.test_tasks import TasksOptIn, poll
 
 LOOPS = 8
 SLOW_MS = 4000  # per model reply while the second replica starts: the runs cannot finish before it is up

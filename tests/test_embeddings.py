@@ -11,7 +11,7 @@ from redraft.graph.convergence import similarity
 from redraft.graph.state import scores_for, versions
 from redraft.nodes import embeddings
 from tests.conftest import new_thread, runner_with
-from tests.stub_llm import embedding
+from tests.stub_answers import embedding
 
 
 @pytest.fixture(autouse=True)

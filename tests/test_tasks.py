@@ -1,86 +1,19 @@
 """MCP background tasks (io.modelcontextprotocol/tasks) through the official `mcp` SDK client against real
-`redraft serve` processes on PostgreSQL and Redis: a long refine survives a 5 s read timeout by task polling."""
+`redraft serve` processes on PostgreSQL and Redis: a long refine survives a 5 s read timeout by task polling.
+Step-mode gates inside a task are in tests/test_task_gates.py."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import random
+import re
 import time
 
 import mcp
-import mcp_types
-from fastmcp.utilities.tasks import TASKS_EXTENSION_ID
-from fastmcp_tasks.client_models import (
-    CancelTaskRequest,
-    CancelTaskRequestParams,
-    ClientCreateTaskResult,
-    ClientGetTaskResult,
-    GetTaskRequest,
-    GetTaskRequestParams,
-    UpdateTaskRequest,
-    UpdateTaskRequestParams,
-)
-from mcp.client.extension import ClientExtension, ResultClaim
+from fastmcp_tasks.client_models import ClientCreateTaskResult
 
 from tests.servers import HttpServer, http_server, server_env
-
-TERMINAL = ("completed", "failed", "cancelled")
-
-
-class TasksOptIn(ClientExtension):
-    """Declares the tasks extension, so the server may answer a tools/call with a task. The test drives the task
-    itself (``allow_claimed=True``), so the claim's resolver is never used."""
-
-    identifier = TASKS_EXTENSION_ID
-
-    def settings(self) -> dict:
-        return {}
-
-    def claims(self):
-        async def unused(result, ctx):
-            raise AssertionError("the test polls tasks/get itself")
-
-        return (ResultClaim(result_type="task", model=ClientCreateTaskResult, resolve=unused),)
-
-
-async def get_task(client: mcp.Client, task_id: str) -> ClientGetTaskResult:
-    request = GetTaskRequest(params=GetTaskRequestParams(task_id=task_id))
-    return await client.session.send_request(request, ClientGetTaskResult, request_read_timeout_seconds=5)
-
-
-async def update_task(client: mcp.Client, task_id: str, key: str, content: dict) -> None:
-    answer = mcp_types.ElicitResult(action="accept", content=content).model_dump(by_alias=True, exclude_none=True)
-    request = UpdateTaskRequest(params=UpdateTaskRequestParams(task_id=task_id, input_responses={key: answer}))
-    await client.session.send_request(request, mcp_types.Result, request_read_timeout_seconds=5)
-
-
-async def cancel_task(client: mcp.Client, task_id: str) -> None:
-    request = CancelTaskRequest(params=CancelTaskRequestParams(task_id=task_id))
-    await client.session.send_request(request, mcp_types.Result, request_read_timeout_seconds=5)
-
-
-async def never_called(context, params):
-    raise AssertionError("the test answers gates through tasks/update itself")
-
-
-_JITTER = random.Random(16)
-
-
-async def poll(client: mcp.Client, task_id: str, until=TERMINAL, within: float = 120) -> tuple:
-    """Poll tasks/get at the advertised interval until the task's status is in ``until``; also return every
-    (status, status message) seen."""
-    seen = []
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        task = await get_task(client, task_id)
-        seen.append((task.status, task.status_message))
-        if task.status in until:
-            return task, seen
-        # at most the advertised interval, and not in lockstep with a stub that answers exactly once a second (a
-        # poll phase-locked to the steps would see only one part of each: always "tokens so far", or never)
-        await asyncio.sleep((task.poll_interval_ms or 1000) / 1000 * _JITTER.uniform(0.5, 1.0))
-    raise AssertionError(f"task {task_id} did not reach {until} in {within}s; saw {seen[-5:]}")
+from tests.task_client import TasksOptIn, cancel_task, get_task, poll
 
 
 async def test_official_sdk_client_with_5s_read_timeout_completes_a_20_step_refine_by_task_polling(
@@ -119,75 +52,11 @@ async def test_official_sdk_client_with_5s_read_timeout_completes_a_20_step_refi
     # progress: the status message followed the run step by step (and within steps: tokens so far)
     messages = [m for status, m in seen if status == "working" and m]
     assert len(set(messages)) >= 15, messages
-    assert any("revise done (loop 10" in m for m in messages) or any("step 2" in m for m in messages), messages
+    # step messages in order, from early to late in the run (a poll sees a step's message until the next reply
+    # streams, about half of each second)
+    steps = [int(found.group(1)) for m in messages if (found := re.match(r"step (\d+)/21: ", m))]
+    assert len(set(steps)) >= 5 and steps == sorted(steps) and max(steps) >= 11, messages
     assert any("tokens so far" in m for m in messages), messages
-
-
-def only_request(task: ClientGetTaskResult) -> tuple[str, dict]:
-    assert task.status == "input_required" and len(task.input_requests) == 1, task
-    return next(iter(task.input_requests.items()))
-
-
-async def test_step_mode_gates_are_input_required_answered_by_tasks_update_or_by_resume(pg_url, redis_url, stub):
-    """A step-mode refine as a task parks at each gate (input_required; no worker waits). The task client answers one
-    gate with tasks/update; a tool client sees run_status = interrupted with the pending gate and answers the next
-    with resume. Both answers resume the same run, and the task completes with the finished thread."""
-    stub.configure(draft_words=30, critique_words=5)
-    with http_server(server_env(pg_url, stub.base_url, REDRAFT_REDIS_URL=redis_url)) as server:
-        async with (
-            mcp.Client(
-                server.url, read_timeout_seconds=5, extensions=[TasksOptIn()], elicitation_callback=never_called
-            ) as tasks_client,
-            mcp.Client(server.url, read_timeout_seconds=5) as tool_client,
-        ):
-            sid = (await tool_client.call_tool("create_session", {})).structured_content["session_id"]
-            args = {"session_id": sid, "companion": "summary", "query": "Summarise durable runs.", "max_loops": 1}
-            created = await tasks_client.session.call_tool("refine", args, allow_claimed=True)
-            task_id = created.task_id
-
-            task, _ = await poll(tasks_client, task_id, until=("input_required", *TERMINAL), within=30)
-            key, request = only_request(task)
-            assert request["method"] == "elicitation/create"
-            schema = request["params"]["requestedSchema"]
-            assert schema["properties"]["action"]["enum"] == ["approve", "replace"]
-            assert "before critique" in request["params"]["message"]
-            run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
-            assert run["status"] == "interrupted" and run["pending_gate"]["gate"] == "critique"
-            assert run["pending_gate"]["choices"] == ["approve", "replace"]
-            requests_before = len(stub.requests)
-
-            # a bad answer is refused with a clear reason and asked again; nothing ran
-            await update_task(tasks_client, task_id, key, {"action": "delete"})
-            task, _ = await poll(tasks_client, task_id, until=("input_required", *TERMINAL), within=30)
-            key, request = only_request(task)
-            assert request["params"]["message"].startswith("invalid_input: A critique decision must be one of")
-            assert len(stub.requests) == requests_before
-
-            # the task client answers the critique gate: the run writes that critique and parks at the revise gate
-            await update_task(tasks_client, task_id, key, {"action": "replace", "text": "Say what survives a crash."})
-            task, _ = await poll(tasks_client, task_id, until=("input_required", *TERMINAL), within=30)
-            _, request = only_request(task)
-            assert "before revise" in request["params"]["message"]
-            choices = request["params"]["requestedSchema"]["properties"]["action"]["enum"]
-            assert choices == ["approve", "edit", "replace"]
-            assert len(stub.requests) == requests_before  # a replaced critique asks the model nothing
-
-            # the tool client sees the same run interrupted at the revise gate and answers it with resume
-            run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
-            assert run["status"] == "interrupted" and run["pending_gate"]["gate"] == "revise"
-            assert run["pending_gate"]["choices"] == ["approve", "edit", "replace"]
-            done = await tool_client.call_tool("resume", {"session_id": sid, "companion": "summary"})
-            assert done.structured_content["phase"] == "done"
-
-            task, _ = await poll(tasks_client, task_id, within=30)
-            run = (await tool_client.call_tool("run_status", {"run_id": task_id})).structured_content
-
-    assert task.status == "completed" and not task.result.get("isError"), task
-    view = task.result["structuredContent"]
-    assert view["phase"] == "done" and view["slot"]["critique"] == ["Say what survives a crash."]
-    assert len(view["slot"]["revision"]) == 1
-    assert run["status"] == "succeeded" and run["attempts"] >= 3  # one run, resumed at each gate
-    assert [r["node"] for r in stub.requests] == ["draft", "revise"]
 
 
 async def test_tasks_cancel_stops_the_run_mid_model_call_and_the_thread_resumes(pg_url, redis_url, stub):
@@ -402,31 +271,3 @@ async def test_a_task_with_a_bad_session_ends_with_the_error_and_leaves_no_run(p
     assert task.result["content"][0]["text"].startswith("invalid_session: ")
     assert status.is_error and status.content[0].text.startswith("not_found: ")
     assert stub.requests == []
-
-
-async def test_zero_config_fastmcp_client_drives_step_mode_gates_through_its_elicitation_handler(tmp_path, stub):
-    """No Redis (in-process queue): fastmcp.Client opts in to tasks and answers each input_required gate with its
-    elicitation handler, transparently, until the step-mode refine is done."""
-    from fastmcp import Client
-
-    from redraft.server.app import create_server
-    from tests.conftest import make_settings
-
-    stub.configure(draft_words=20, critique_words=5)
-    asked = []
-
-    async def handler(message, response_type, params, context):
-        asked.append((message, params.requested_schema["properties"]["action"]["enum"]))
-        if "before critique" in message:
-            return {"action": "replace", "text": "Shorter, please."}
-        return {"action": "approve"}
-
-    server = create_server(make_settings(str(tmp_path / "t.sqlite"), stub))
-    async with Client(server, elicitation_handler=handler) as client:
-        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
-        args = {"session_id": sid, "companion": "summary", "query": "Summarise.", "max_loops": 2}
-        result = (await client.call_tool("refine", args)).structured_content
-    assert result["phase"] == "done" and result["stop_reason"] == "max_loops"
-    assert [enum for _, enum in asked] == [["approve", "replace"], ["approve", "edit", "replace"]] * 2
-    assert result["slot"]["critique"] == ["Shorter, please."] * 2
-    assert [r["node"] for r in stub.requests] == ["draft", "revise", "revise"]
