@@ -108,27 +108,47 @@ async def estimate(messages: Sequence[Any], reply_text: str) -> tuple[int, int]:
 
 def total(entries: Sequence[dict]) -> dict:
     """Totals of usage entries: calls, input/output/total tokens, cost (None when any call's price is unknown) and
-    whether any figure was estimated."""
-    tokens_in = sum(int(e.get("input_tokens") or 0) for e in entries)
-    tokens_out = sum(int(e.get("output_tokens") or 0) for e in entries)
-    costs = [e.get("cost") for e in entries]
+    whether any figure was estimated. One pass: a thread view totals every entry of the thread on each read."""
+    tokens_in = tokens_out = 0
+    cost, priced, estimated = 0.0, True, False
+    for e in entries:
+        tokens_in += int(e.get("input_tokens") or 0)
+        tokens_out += int(e.get("output_tokens") or 0)
+        c = e.get("cost")
+        if c is None:
+            priced = False
+        else:
+            cost += c
+        estimated = estimated or bool(e.get("estimated"))
     return {
         "calls": len(entries),
         "input_tokens": tokens_in,
         "output_tokens": tokens_out,
         "total_tokens": tokens_in + tokens_out,
-        "cost": None if any(c is None for c in costs) else round(sum(costs), 10),
-        "estimated": any(bool(e.get("estimated")) for e in entries),
+        "cost": round(cost, 10) if priced else None,
+        "estimated": estimated,
     }
 
 
 def summary(entries: Sequence[dict], slot: int | None) -> dict:
-    """The usage a thread view shows: the last step's, the last run's, the current query's and the thread's."""
+    """The usage a thread view shows: the last step's, the last run's, the current query's and the thread's. One
+    pass over the log (a step of a long thread reads ~1,000 entries here)."""
     entries = list(entries)
-    last = entries[-1] if entries else None
-    step = [e for e in entries if last and _same_step(e, last)]
-    run = [e for e in entries if last and e.get("run") == last.get("run")]
-    query = [e for e in entries if e.get("slot") == slot]
+    step: list[dict] = []
+    run: list[dict] = []
+    query: list[dict] = []
+    if entries:
+        last = entries[-1]
+        run_id = last.get("run")
+        key = (last.get("slot"), last.get("node"), last.get("n"))
+        for e in entries:
+            get = e.get
+            if get("run") == run_id:
+                run.append(e)
+                if (get("slot"), get("node"), get("n")) == key:
+                    step.append(e)
+            if get("slot") == slot:
+                query.append(e)
     return {
         "step": total(step),
         "run": total(run),
@@ -136,7 +156,3 @@ def summary(entries: Sequence[dict], slot: int | None) -> dict:
         "thread": total(entries),
         "calls": [{k: v for k, v in e.items() if k != "run"} for e in query],
     }
-
-
-def _same_step(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("run", "slot", "node", "n"))

@@ -190,3 +190,56 @@ async def test_each_checkpoint_says_what_its_step_cost(tmp_path, stub, monkeypat
         ("done", 15, 0.01),
         ("done", None, None),  # publish: no model call
     ]
+
+
+def _reference_summary(entries: list[dict], slot) -> dict:
+    """What ``usage.summary`` means, written the plain way: filter the whole log for each view, then add up."""
+
+    def add(chosen: list[dict]) -> dict:
+        tokens_in = sum(int(e.get("input_tokens") or 0) for e in chosen)
+        tokens_out = sum(int(e.get("output_tokens") or 0) for e in chosen)
+        costs = [e.get("cost") for e in chosen]
+        return {
+            "calls": len(chosen),
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+            "cost": None if any(c is None for c in costs) else round(sum(costs), 10),
+            "estimated": any(bool(e.get("estimated")) for e in chosen),
+        }
+
+    last = entries[-1] if entries else None
+    same_step = ("run", "slot", "node", "n")
+    query = [e for e in entries if e.get("slot") == slot]
+    return {
+        "step": add([e for e in entries if last and all(e.get(k) == last.get(k) for k in same_step)]),
+        "run": add([e for e in entries if last and e.get("run") == last.get("run")]),
+        "query": add(query),
+        "thread": add(entries),
+        "calls": [{k: v for k, v in e.items() if k != "run"} for e in query],
+    }
+
+
+def test_the_usage_summary_is_its_plain_definition_on_any_log():
+    """``usage.summary`` adds up a long thread's log in one pass (a view reads ~1,000 entries at ~1,000
+    checkpoints); on random logs, with fields missing, unpriced calls and interleaved runs, it equals the plain
+    definition above."""
+    import random
+
+    rng = random.Random(21)
+    fields = {
+        "run": ["a", "b", None],
+        "slot": [0, 1, 2, None],
+        "node": ["draft", "critique", "revise"],
+        "n": [0, 1, None],
+        "input_tokens": [None, 0, 17],
+        "output_tokens": [None, 3],
+        "cost": [None, 0.0, 0.001, 1e-7],
+        "estimated": [True, False, None],
+    }
+    for _ in range(2000):
+        entries = [
+            {k: rng.choice(v) for k, v in fields.items() if rng.random() > 0.1} for _ in range(rng.randint(0, 25))
+        ]
+        slot = rng.choice([0, 1, None])
+        assert usage.summary(entries, slot) == _reference_summary(entries, slot)
