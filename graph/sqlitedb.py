@@ -5,7 +5,6 @@ The shared contract, the schema and the PostgreSQL backend are in ``graph/databa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 from redraft.errors import ConflictError, SessionBusyError, SessionNotFoundError
 from redraft.graph.database import OWNER, SQLITE_SCHEMA, TOMBSTONE, TOMBSTONE_SECONDS, Database, Lease, lease_refused
+from redraft.graph.fencing import RollbackLock
 
 
 class SqliteDatabase(Database):
@@ -24,8 +24,9 @@ class SqliteDatabase(Database):
         # rows carry their column names, so a read is one trip to the connection's thread (execute_fetchall), not
         # three (execute, fetch, close the cursor); they still index by position
         conn.row_factory = sqlite3.Row
-        # the connection is shared by every coroutine of the process: a transaction must not interleave with them
-        self.lock = asyncio.Lock()
+        # the connection is shared by every coroutine of the process: a transaction must not interleave with them;
+        # whatever its holder leaves open (a transaction cut off by a cancellation) is rolled back before release
+        self.lock = RollbackLock(conn)
 
     async def _execute(self, sql: str, params: tuple) -> int:
         # the connection is in autocommit mode (isolation_level=None): each statement commits on its own
@@ -49,16 +50,11 @@ class SqliteDatabase(Database):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
+        # a failure or cancellation anywhere in here (even while BEGIN is queued: it still runs) is rolled back by
+        # the lock's exit, before anything else runs on the connection
         async with self.guarded(), self.lock:
-            try:  # a cancellation while BEGIN is queued still lets it run: it must be rolled back too
-                await self.conn.execute("BEGIN IMMEDIATE")
-                yield self.conn
-            except BaseException:
-                # queued on the connection's thread at the call, while we hold the lock, so it runs before anything
-                # else on the connection, even if a second cancellation stops the wait; a no-op with no transaction
-                with contextlib.suppress(BaseException):
-                    await self.conn.rollback()
-                raise
+            await self.conn.execute("BEGIN IMMEDIATE")
+            yield self.conn
             await self.conn.execute("COMMIT")
 
     async def _take(self, conn, thread_id: str, owner: str, ttl: float, over_tombstone: bool) -> int | None:
