@@ -190,6 +190,12 @@ class RunStore:
             )
         )
 
+    async def forget_noted(self, run_id: str) -> None:
+        """Remove a run noted at MCP task creation that no worker has touched (its task was refused or not enqueued)."""
+        await self.db.execute(
+            "DELETE FROM redraft_runs WHERE run_id = ? AND status = 'queued' AND attempts = 0", (run_id,)
+        )
+
     async def progress(self, run_id: str, **fields: Any) -> int:
         """Record a running run's progress; returns its ``cancel_requested`` flag (one round trip for both)."""
         fields["updated_at"] = time.time()

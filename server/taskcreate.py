@@ -118,9 +118,7 @@ async def note_run(server, task_id: str, *, kind: str, args: dict):
 
 
 async def forget_note(app, task_id: str) -> None:
-    await app.runs.db.execute(
-        "DELETE FROM redraft_runs WHERE run_id = ? AND status = 'queued' AND attempts = 0", (task_id,)
-    )
+    await app.runs.forget_noted(task_id)
 
 
 def noted_thread(task_id: str) -> str | None:
