@@ -102,36 +102,31 @@ async def test_a_prose_critic_keeps_working_under_the_structured_default(runner,
     assert result["slot"]["critique"][0].startswith("Round 1: ")
 
 
-async def test_an_endpoint_refusing_json_mode_is_asked_without_it(db_url, stub, caplog):
-    stub.configure(critic_format="json", critic_scores=[4, 9], reject_response_format=True, changes=[30])
+@pytest.mark.parametrize(
+    ("refusal", "logged"),
+    [
+        # a plain refusal: HTTP 400
+        (True, "refused response_format"),
+        # llama-cpp-python's server refuses a json_schema response_format with HTTP 500 (a validation error naming the
+        # field): that is a refusal too, so the critic is asked with the prompt alone from then on (not json_object,
+        # whose grammar sampling is too slow there)
+        ({"json_schema": 500}, "asking with the prompt alone"),
+    ],
+    ids=["http-400", "llama-cpp-python-500"],
+)
+async def test_an_endpoint_refusing_json_mode_is_asked_without_it(db_url, stub, caplog, refusal, logged):
+    """Refused once, the critic is asked again without a response_format, never sends one to this endpoint and model
+    again, and the JSON it writes anyway is still parsed and scored."""
+    stub.configure(critic_format="json", critic_scores=[4, 9], reject_response_format=refusal, changes=[30])
     async with runner_with(db_url, stub) as runner:
         thread = new_thread()
         result = await runner.refine(thread, "generic", "Write about glaciers.", max_loops=5, min_score=9)
         assert result["stop_reason"] == "min_score"
         formats = [r["response_format"] for r in stub.requests if r["node"] == "critique"]
-        # refused once (HTTP 400), asked again without it, and never sent again to this endpoint and model
         assert formats == [RESPONSE_FORMATS["json_schema"], None, None]
         state = (await runner.snapshot(thread)).values
         assert [(e["score"], e["requested"]) for e in score_entries(state)] == [(4.0, "none"), (9.0, "none")]
-        assert "refused response_format" in caplog.text
-
-
-async def test_llama_cpp_pythons_refusal_of_json_schema_is_a_refusal(db_url, stub, caplog):
-    """llama-cpp-python's server refuses a json_schema response_format with HTTP 500 (a validation error naming the
-    field): that is a refusal, so the critic is asked with the prompt alone from then on (not json_object, whose
-    grammar sampling is too slow there), and the JSON it writes is still parsed and scored."""
-    stub.configure(
-        critic_format="json", critic_scores=[4, 9], reject_response_format={"json_schema": 500}, changes=[30]
-    )
-    async with runner_with(db_url, stub) as runner:
-        thread = new_thread()
-        result = await runner.refine(thread, "generic", "Write about deltas.", max_loops=5, min_score=9)
-        assert result["stop_reason"] == "min_score"
-        formats = [r["response_format"] for r in stub.requests if r["node"] == "critique"]
-        assert formats == [RESPONSE_FORMATS["json_schema"], None, None]
-        state = (await runner.snapshot(thread)).values
-        assert [(e["score"], e["requested"]) for e in score_entries(state)] == [(4.0, "none"), (9.0, "none")]
-        assert "asking with the prompt alone" in caplog.text
+        assert logged in caplog.text
 
 
 async def test_a_runaway_json_critique_is_capped_and_then_asked_as_prose(runner, stub, caplog):
