@@ -57,9 +57,15 @@ class DeferredWrites:
     def __init__(self) -> None:
         self.batches: list = []
         self.saver = None
-        # delta-channel histories read under this lease, by (thread, ns, checkpoint, channels): a step reads the
-        # head twice (the runner's phase check, then the graph's own load); any write under the lease clears it
+        # what was read under this lease: a step reads the head twice (the runner's phase check, then the graph's
+        # own load). Checkpoint tuples by (thread, ns, checkpoint id or None for the head) and delta-channel
+        # histories by (thread, ns, checkpoint, channels); any write under the lease clears both
+        self.tuples: dict = {}
         self.histories: dict = {}
+
+    def forget_reads(self) -> None:
+        self.tuples = {}
+        self.histories = {}
 
     async def flush(self) -> None:
         if self.batches and self.saver is not None:

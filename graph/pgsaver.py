@@ -16,6 +16,9 @@ sends each write as a pipelined transaction: BEGIN, one statement per blob, the 
   loses the writes of a step whose checkpoint was never committed -- the step in flight, which a resume runs again.
   Outside a lease (``update_state`` from Studio, another process) writes go out at once, as with the stock saver.
 
+Under a lease nobody else writes the thread, so a checkpoint or delta history read twice in one step (the runner's
+phase check, then the graph's own load) is read from the database once; any write under the lease forgets it.
+
 Reading a delta channel (``aget_delta_channel_history``) is the stock two-stage walk with two fixes that make a head
 read cost the same at 1,000 checkpoints as at 10: the ancestor walk starts with a page of ~one snapshot interval
 instead of 1,024 rows, and a channel's writes are fetched by primary-key probes along its chain instead of a scan of
@@ -30,7 +33,13 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_id, get_serializable_checkpoint_metadata
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    CheckpointTuple,
+    copy_checkpoint,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+)
 from langgraph.checkpoint.postgres.base import _build_delta_stage1_sql
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg.rows import dict_row
@@ -84,6 +93,18 @@ _UPSERT = "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob 
 def _copied(history: dict) -> dict:
     """A delta history for one more reader: its own lists (the values are replayed through copy-on-write reducers)."""
     return {ch: {**entry, "writes": list(entry["writes"])} for ch, entry in history.items()}
+
+
+def _copied_tuple(found: CheckpointTuple) -> CheckpointTuple:
+    """A checkpoint tuple for one more reader: the pregel loop updates a loaded checkpoint's version maps in place.
+    Channel values are shared: the channels replay onto them through copy-on-write reducers (graph/state.py)."""
+    return found._replace(checkpoint=copy_checkpoint(found.checkpoint), pending_writes=list(found.pending_writes or ()))
+
+
+def _forget_reads() -> None:
+    deferred = DEFERRED.get()
+    if deferred is not None:
+        deferred.forget_reads()
 
 
 def _writes_ctes(batches: list[tuple[bool, list[tuple]]]) -> tuple[list[str], list]:
@@ -176,7 +197,27 @@ class FencedPostgres:
         deferred = DEFERRED.get()
         if deferred is not None and deferred.batches:  # a read under the lease sees the step's own writes
             await deferred.flush()
-        return await super().aget_tuple(config)
+        if deferred is None or deferred.saver not in (None, self):
+            return await super().aget_tuple(config)
+        # Under the lease nobody else writes this thread, so a step's second read of a checkpoint (the runner's
+        # phase check, then the graph's own load) is the first one's; any write under the lease clears it.
+        configurable = config["configurable"]
+        key = (configurable["thread_id"], configurable.get("checkpoint_ns", ""), get_checkpoint_id(config))
+        found = deferred.tuples.get(key)
+        if found is None:
+            found = await super().aget_tuple(config)
+            if found is None:
+                return None
+            deferred.tuples = {key: found, (*key[:2], found.config["configurable"]["checkpoint_id"]): found}
+        return _copied_tuple(found)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        _forget_reads()
+        await super().adelete_thread(thread_id)
+
+    async def aprune(self, *args, **kwargs) -> None:
+        _forget_reads()
+        await super().aprune(*args, **kwargs)
 
     async def alist(self, config, **kwargs):
         deferred = DEFERRED.get()
@@ -273,9 +314,8 @@ class FencedPostgres:
                 values[k] = True
             elif v is not None and not isinstance(v, (str, int, float, bool)):
                 blob_values[k] = values.pop(k)
+        _forget_reads()
         deferred = DEFERRED.get()
-        if deferred is not None:
-            deferred.histories = {}
         ctes, params = [], []
         if deferred is not None and deferred.batches and deferred.saver is self:  # the step's writes ride along
             ctes, params = _writes_ctes(deferred.batches)
@@ -308,9 +348,8 @@ class FencedPostgres:
             for idx, (channel, value) in enumerate(writes)
         ]
         batch = (all(w[0] in WRITES_IDX_MAP for w in writes), rows)
+        _forget_reads()
         deferred = DEFERRED.get()
-        if deferred is not None:
-            deferred.histories = {}
         if deferred is not None and deferred.saver in (None, self):  # under a lease: goes with the next checkpoint
             deferred.saver = self
             deferred.batches.append(batch)

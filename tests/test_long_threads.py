@@ -13,6 +13,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.postgres.base import SELECT_SQL
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
@@ -131,16 +132,19 @@ async def test_a_thread_written_in_the_previous_snapshot_format_reads_the_same(p
 @pytest.mark.postgres
 async def test_a_step_walks_the_thread_once(pg_url, stub, monkeypatch):
     """The runner's phase check and the graph's own load read the same head under one lease: the second read of the
-    delta history comes from the first (graph/fencing.py ``DeferredWrites.histories``), and still sees the step's
-    own writes afterwards (any write clears it)."""
+    checkpoint and of the delta history come from the first (graph/fencing.py ``DeferredWrites``), and still see the
+    step's own writes afterwards (any write clears them)."""
     settings = make_settings(pg_url, stub)
     thread = new_thread()
     walks: list[str] = []
+    heads: list[str] = []
     execute = psycopg.AsyncCursor.execute
 
     async def counting(self, query, params=None, **kwargs):
         if str(query).startswith("SELECT checkpoint_id, parent_checkpoint_id"):
             walks.append(str(query))
+        if str(query).startswith(SELECT_SQL):
+            heads.append(str(query))
         return await execute(self, query, params, **kwargs)
 
     async with open_persistence(settings) as p:
@@ -148,10 +152,11 @@ async def test_a_step_walks_the_thread_once(pg_url, stub, monkeypatch):
         await runner.draft(thread, "generic", "Walk once.", max_loops=3, similarity_threshold=1.0)
         monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
         result = await runner.critique(thread)
-        assert len(walks) == 1, walks
+        assert len(walks) == 1 and len(heads) == 1, (walks, heads)
         assert result["phase"] == "needs_revision" and len(result["slot"]["critique"]) == 1
         walks.clear()
+        heads.clear()
         result = await runner.revise(thread)
-        assert len(walks) == 1 and len(result["slot"]["revision"]) == 1
+        assert len(walks) == 1 and len(heads) == 1 and len(result["slot"]["revision"]) == 1
         monkeypatch.undo()
         assert (await runner.status(thread))["slot"] == result["slot"]

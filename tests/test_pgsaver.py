@@ -7,6 +7,7 @@ writes and checkpoint went out in one statement shows one transaction id on both
 from __future__ import annotations
 
 import pytest
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.runner import Runner
@@ -46,6 +47,39 @@ async def test_writes_of_a_run_stopped_at_a_gate_are_durable_when_it_returns(pg_
             seen = await Runner(other, settings).status(thread)
     assert seen["pending_gate"] is not None and seen["pending_gate"]["gate"] == "critique"
     assert seen["next"] == ["critique"]
+
+
+async def test_reads_under_a_lease_are_served_once_and_never_stale(pg_url, stub, monkeypatch):
+    """Under a lease a second read of a checkpoint comes from the first (graph/fencing.py ``DeferredWrites``): the
+    head and an older checkpoint are told apart, a reader that changes its copy changes no one else's, and a write
+    under the lease is seen by the next read."""
+    settings = make_settings(pg_url, stub)
+    thread = new_thread()
+    async with open_persistence(settings) as p:
+        await Runner(p, settings).refine(thread, "generic", "Cache.", max_loops=2, similarity_threshold=1.0)
+        saver, head_config = p.saver, {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        oldest = [t async for t in saver.alist(head_config)][-1].config
+        reads = []
+        stock = AsyncPostgresSaver.aget_tuple
+
+        async def counted(self, config):
+            reads.append(config["configurable"].get("checkpoint_id"))
+            return await stock(self, config)
+
+        monkeypatch.setattr(AsyncPostgresSaver, "aget_tuple", counted)
+        async with p.db.thread_lock(thread):
+            head = await saver.aget_tuple(head_config)
+            head.checkpoint["channel_versions"].clear()  # this reader's own copy
+            again = await saver.aget_tuple(head_config)
+            old = await saver.aget_tuple(oldest)
+            old_again = await saver.aget_tuple(oldest)
+            assert len(reads) == 2, reads
+            assert again.checkpoint["channel_versions"] and again.config == head.config
+            assert old.config == old_again.config == oldest and old.config != head.config
+            await saver.aput_writes(head.config, [("scores", [{"slot": 0, "note": "cache"}])], "task-x")
+            after = await saver.aget_tuple(head_config)
+            assert len(after.pending_writes) == len(head.pending_writes) + 1 and len(reads) == 3, reads
+        assert await saver.aget_tuple(head_config) is not None and len(reads) == 4  # no lease: no cache
 
 
 def test_large_json_values_are_stored_compressed_and_round_trip():
