@@ -67,9 +67,13 @@ class DeferredWrites:
         self.tuples = {}
         self.histories = {}
 
-    async def flush(self) -> None:
+    async def flush(self, release: bool = False) -> bool:
+        """Send what is held back. With ``release``, the same statement also gives up the running step's lease (the
+        fence's), after its check: True if it did, False if there was nothing to send (release it yourself)."""
         if self.batches and self.saver is not None:
-            await self.saver.send_deferred(self)
+            await self.saver.send_deferred(self, release=release)
+            return release
+        return False
 
 
 DEFERRED: contextvars.ContextVar[DeferredWrites | None] = contextvars.ContextVar("redraft_deferred", default=None)

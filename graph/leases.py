@@ -101,12 +101,17 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
     HELD[id(lease)] = (db, lease, task)
     deferred = DeferredWrites()
     held_back = DEFERRED.set(deferred)
+    released = False
     try:
         try:
             yield lease
         finally:
             DEFERRED.reset(held_back)
-        await deferred.flush()  # writes no checkpoint took along (a run stopped at a gate): before the lease ends
+        # writes no checkpoint took along (a run stopped at a gate), and the lease in the same statement; the
+        # heartbeat stops first, so no renewal can find the lease gone and abort a step that completed
+        if beat is not None:
+            beat.cancel()
+        released = await deferred.flush(release=fence is not None)
     except asyncio.CancelledError:
         if lease.lost and task.uncancel() == 0:
             raise lease_lost(thread_id) from None
@@ -135,6 +140,6 @@ async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
                 # refused by its fence either way. Never awaited: the database may be what is unreachable, and the
                 # aborted step must end now.
                 _in_background(db.release(lease))
-            else:
+            elif not released:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(db.release(lease))

@@ -51,6 +51,11 @@ from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, deadline, is_
 
 _FENCE_CTE = "fence AS (SELECT redraft_fence_check(%s, %s))"
 
+# the lease goes with the step's last writes; EXISTS makes the fence check run first (it takes a share lock on the row)
+_RELEASE_CTE = """released AS (
+    DELETE FROM redraft_leases WHERE thread_id = %s AND token = %s AND EXISTS (SELECT 1 FROM fence)
+)"""
+
 _BLOBS_CTE = """blobs AS (
     INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
     SELECT %s, %s, u.channel, u.version, u.type, u.blob
@@ -183,14 +188,20 @@ class FencedPostgres:
         async with self._connection("checkpoint write", fence) as conn:
             await conn.execute(text, params, binary=True)
 
-    async def send_deferred(self, deferred: DeferredWrites) -> None:
-        """Send the writes held back under a lease (graph/leases.py, graph/fencing.py ``DEFERRED``): one statement."""
+    async def send_deferred(self, deferred: DeferredWrites, release: bool = False) -> None:
+        """Send the writes held back under a lease (graph/leases.py, graph/fencing.py ``DEFERRED``): one statement,
+        which with ``release`` also deletes the fence's lease row once its check passed (a step stopped at a gate
+        ends in one round trip instead of two)."""
         batches, deferred.batches = deferred.batches, []
-        await self._send_writes(batches)
+        await self._send_writes(batches, release=release)
 
-    async def _send_writes(self, batches: list[tuple[bool, list[tuple]]]) -> None:
+    async def _send_writes(self, batches: list[tuple[bool, list[tuple]]], release: bool = False) -> None:
         if batches:
             ctes, params = _writes_ctes(batches)
+            fence = FENCE.get()
+            if release and fence is not None:
+                ctes.append(_RELEASE_CTE)
+                params += [fence.thread_id, fence.token]
             await self._write("\nSELECT 1 {source}", ctes, params, "FROM fence")
 
     async def aget_tuple(self, config):

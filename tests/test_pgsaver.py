@@ -35,18 +35,33 @@ async def test_a_step_commits_its_writes_with_its_checkpoint(pg_url, stub):
         assert step["writes_tx"] == [step["checkpoint_tx"]], steps
 
 
-async def test_writes_of_a_run_stopped_at_a_gate_are_durable_when_it_returns(pg_url, stub):
+async def test_writes_of_a_run_stopped_at_a_gate_are_durable_when_it_returns(pg_url, stub, monkeypatch):
     """A step-mode draft stops at the critique gate: the gate (an interrupt write, with no checkpoint after it) is
-    committed before the call returns, so another process sees it at once."""
+    committed before the call returns, so another process sees it at once, and the statement that sent it also gave
+    up the step's lease (no separate release)."""
     settings = make_settings(pg_url, stub)
     thread = f"{new_thread()}:generic"
     async with open_persistence(settings) as p:
+        releases = []
+        release = type(p.db).release
+
+        async def counted(self, lease):
+            releases.append(lease)
+            return await release(self, lease)
+
+        monkeypatch.setattr(type(p.db), "release", counted)
         result = await Runner(p, settings).draft(thread, "generic", "Stop at the gate.")
         assert result["pending_gate"]["gate"] == "critique"
+        assert (
+            releases == []
+            and await p.db.fetchone("SELECT 1 FROM redraft_leases WHERE thread_id = ?", (thread,)) is None
+        )
         async with open_persistence(settings) as other:  # its own pool: sees only what was committed
             seen = await Runner(other, settings).status(thread)
-    assert seen["pending_gate"] is not None and seen["pending_gate"]["gate"] == "critique"
-    assert seen["next"] == ["critique"]
+        assert seen["pending_gate"] is not None and seen["pending_gate"]["gate"] == "critique"
+        assert seen["next"] == ["critique"]
+        result = await Runner(p, settings).critique(thread)  # the next step takes the thread at once
+        assert result["pending_gate"]["gate"] == "revise" and releases == []
 
 
 async def test_reads_under_a_lease_are_served_once_and_never_stale(pg_url, stub, monkeypatch):
