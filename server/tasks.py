@@ -64,10 +64,12 @@ class RedraftTasks(TasksExtension):
     elicitation to one that cannot); to any other it ends the task with the thread at its pending gate."""
 
     async def intercept_tool_call(self, params, context, call_next):
-        tool = None
-        if self.server._docket is not None and opted_in(context, TASKS_EXTENSION_ID):
-            tool = await optional_task_tool(params, context)
-        if tool is None:  # a foreground call, or a task the library's own path creates
+        if not opted_in(context, TASKS_EXTENSION_ID):
+            # a foreground call: every task tool of redraft's is ``optional``, so the library would look the tool
+            # up (a walk over the server's providers) only to call it in the foreground
+            return await call_next()
+        tool = await optional_task_tool(params, context) if self.server._docket is not None else None
+        if tool is None:  # a task the library's own path creates (or refuses)
             return await super().intercept_tool_call(params, context, call_next)
         caps = ((context.request_context and context.request_context.meta) or {}).get(
             mcp_types.CLIENT_CAPABILITIES_META_KEY
