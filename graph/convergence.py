@@ -216,11 +216,7 @@ def decide_after_critique(score: float | None, min_score: float | None) -> str |
 def critic_scores_for(state: dict, slot_index: int) -> dict[int, float | None]:
     """The critic's score per version of a slot (version 0 = draft), from the ``scores`` log's score entries (a
     later entry for the same version wins); empty for prose critiques and checkpoints written before scores."""
-    found: dict[int, float | None] = {}
-    for s in state.get("scores") or []:
-        if s["slot"] == slot_index and "score" in s:
-            found[s["iteration"]] = s["score"]
-    return found
+    return {s["iteration"]: s["score"] for s in state.get("scores") or () if s["slot"] == slot_index and "score" in s}
 
 
 def best_version(

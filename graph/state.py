@@ -184,10 +184,11 @@ def outcome_for(state: dict, slot_index: int) -> dict | None:
 def scores_for(state: dict, slot_index: int) -> list[float]:
     """Similarity per revision of a slot. A later record for the same iteration (an edited revision) wins. The
     critic's score entries ({"slot", "iteration", "score"}: nodes/scoring.py) share the log and are skipped."""
-    by_iteration: dict[int, float] = {}
-    for s in state.get("scores") or []:
-        if s["slot"] == slot_index and "similarity" in s:
-            by_iteration[s["iteration"]] = s["similarity"]
+    by_iteration = {
+        s["iteration"]: s["similarity"]
+        for s in state.get("scores") or ()
+        if s["slot"] == slot_index and "similarity" in s
+    }
     return [by_iteration[k] for k in sorted(by_iteration)]
 
 
