@@ -10,6 +10,7 @@ here, SQLite and ``memory`` in ``graph/sqlitedb.py``; the lease's lifecycle (hea
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import socket
 import time
@@ -113,6 +114,23 @@ class Lease:
     lost: bool = False
 
 
+@dataclass(frozen=True)
+class SessionCheck:
+    """The session a call names: it must be the caller's and live (accessed within ``ttl`` seconds). Its access is
+    recorded when the recorded one is older than ``touch_every``. Set in ``SESSION_CHECK`` by a call whose step takes
+    its thread's lease, the check runs in the grant itself (one statement on PostgreSQL) instead of a read before."""
+
+    principal: str
+    session_id: str
+    ttl: float
+    touch_every: float
+
+
+SESSION_CHECK: contextvars.ContextVar[SessionCheck | None] = contextvars.ContextVar("redraft_session", default=None)
+
+_LIVE = "session_id = ? AND principal = ? AND last_accessed >= ?"
+
+
 class Database:
     kind = "abstract"
     # Seconds a step lease lives without a heartbeat; a crashed holder blocks its thread at most this long.
@@ -165,6 +183,26 @@ class Database:
     async def grant(self, thread_id: str) -> Lease:
         """A lease on the thread with a fresh fencing token; ConflictError if a live one is held elsewhere."""
         raise NotImplementedError
+
+    async def grant_checked(self, thread_id: str, check: SessionCheck | None) -> Lease:
+        """``grant``, after ``check`` passes (SessionNotFoundError if it does not): two statements here, one on
+        PostgreSQL."""
+        if check is not None:
+            await self.touch_session(check)
+        return await self.grant(thread_id)
+
+    async def touch_session(self, check: SessionCheck) -> None:
+        """SessionNotFoundError unless the session is the caller's and live; records the access (a write only when
+        the recorded one is older than ``touch_every``: a write is a commit, and this runs before every call that
+        names a session)."""
+        now = time.time()
+        live = (check.session_id, check.principal, now - check.ttl)
+        row = await self.fetchone(f"SELECT last_accessed FROM redraft_sessions WHERE {_LIVE}", live)
+        if row is None:
+            raise SessionNotFoundError()
+        if row["last_accessed"] < now - check.touch_every:
+            if await self.execute(f"UPDATE redraft_sessions SET last_accessed = ? WHERE {_LIVE}", (now, *live)) != 1:
+                raise SessionNotFoundError()
 
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease; False if it is no longer ours (another grant replaced it)."""
@@ -253,6 +291,34 @@ class PostgresDatabase(Database):
             await conn.execute("SELECT pg_advisory_xact_lock(7710337001)")
             for statement in SCHEMA + PG_SCHEMA:
                 await conn.execute(statement)
+
+    async def grant_checked(self, thread_id: str, check: SessionCheck | None) -> Lease:
+        if check is None:
+            return await self.grant(thread_id)
+        now, wall = self.now_sql, time.time()
+        live = (check.session_id, check.principal, wall - check.ttl)
+        row = await self.fetchone(
+            f"WITH live AS (SELECT 1 FROM redraft_sessions WHERE {_LIVE}), "
+            f"touched AS (UPDATE redraft_sessions SET last_accessed = ? WHERE {_LIVE} AND last_accessed < ?) "
+            "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
+            f"SELECT ?, ?, nextval('redraft_fence'), {now} + ? FROM live "
+            "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
+            f"expires_at = excluded.expires_at WHERE redraft_leases.expires_at < {now} "
+            "RETURNING token, xmax::text <> '0' AS took_over",
+            (*live, wall, *live, wall - check.touch_every, thread_id, OWNER, self.lease_ttl),
+        )
+        if row is None:
+            why = await self.fetchone(
+                "SELECT (SELECT owner FROM redraft_leases WHERE thread_id = ?) AS owner, "
+                f"EXISTS (SELECT 1 FROM redraft_sessions WHERE {_LIVE}) AS live",
+                (thread_id, *live),
+            )
+            if not why["live"]:
+                raise SessionNotFoundError()
+            raise lease_refused(why["owner"])
+        if row["took_over"]:
+            metrics.lease_taken_over()
+        return Lease(thread_id, int(row["token"]))
 
     async def grant(self, thread_id: str) -> Lease:
         now = self.now_sql

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 
 from redraft.errors import LeaseLostError, RedraftError
-from redraft.graph.database import Database, Lease
+from redraft.graph.database import SESSION_CHECK, Database, Lease
 from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, Fence, lease_lost
 
 log = logging.getLogger("redraft.leases")
@@ -50,7 +50,7 @@ def margin(ttl: float) -> float:
 @contextlib.asynccontextmanager
 async def hold(db: Database, thread_id: str) -> AsyncIterator[Lease]:
     started = time.monotonic()
-    lease = await db.grant(thread_id)
+    lease = await db.grant_checked(thread_id, SESSION_CHECK.get())
     task = asyncio.current_task()
     ttl = db.lease_ttl
     abandon_at = started + ttl - margin(ttl)  # local clock, counted from before the grant was sent: conservative

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fastmcp import FastMCP
@@ -19,6 +20,7 @@ from redraft import __version__
 from redraft.graph.bus import Bus, open_bus
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.companions import get_companion
+from redraft.graph.database import SESSION_CHECK
 from redraft.graph.runner import Runner, thread_id_for
 from redraft.graph.runs import RunStore
 from redraft.nodes.model import ModelProvider
@@ -55,6 +57,19 @@ class AppState:
         get_companion(companion, self.settings.companions)
         session_id = await self.sessions.touch(principal_key(), session_id)
         return thread_id_for(session_id, companion)
+
+    @contextlib.contextmanager
+    def stepping(self, session_id: str, companion: str) -> Iterator[str]:
+        """``thread`` for a call whose step takes the thread's lease (draft, critique, revise): the session is checked,
+        and its access recorded, in the lease grant's own statement (graph/database.py ``SessionCheck``) instead of
+        a read before it. A call refused before its step starts (invalid input) checks no session."""
+        get_companion(companion, self.settings.companions)
+        check = self.sessions.check(principal_key(), session_id)
+        token = SESSION_CHECK.set(check)
+        try:
+            yield thread_id_for(check.session_id, companion)
+        finally:
+            SESSION_CHECK.reset(token)
 
 
 # _GC_NOTE: while serving, everything alive after start-up (modules, classes, schemas, compiled graphs: ~250,000

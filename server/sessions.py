@@ -18,7 +18,7 @@ import time
 import uuid
 
 from redraft.errors import InvalidInputError, SessionBusyError, SessionLimitError, SessionNotFoundError
-from redraft.graph.database import Database
+from redraft.graph.database import Database, SessionCheck
 from redraft.graph.retention import remove_session
 
 log = logging.getLogger("redraft.sessions")
@@ -111,28 +111,16 @@ class SessionStore:
         expires up to that much earlier than its exact idle time, and most calls make no write."""
         return min(60.0, self.ttl / 30)
 
-    async def touch(self, principal: str, session_id: str) -> str:
-        """Validate ownership and liveness, record the access, return the canonical id.
+    def check(self, principal: str, session_id: str) -> SessionCheck:
+        """What ``touch`` checks, to run later (``SESSION_CHECK``: in a step's lease grant); SessionNotFoundError
+        now for an id that cannot be a session's."""
+        return SessionCheck(principal, _valid_id(session_id), self.ttl, self.touch_every)
 
-        A read, plus a write only when the recorded access is older than ``touch_every``: a write is a commit (a WAL
-        flush on PostgreSQL), and this runs before every call that names a session."""
-        session_id = _valid_id(session_id)
-        now = time.time()
-        row = await self.db.fetchone(
-            "SELECT last_accessed FROM redraft_sessions WHERE session_id = ? AND principal = ? AND last_accessed >= ?",
-            (session_id, principal, now - self.ttl),
-        )
-        if row is None:
-            raise SessionNotFoundError()
-        if row["last_accessed"] < now - self.touch_every:
-            updated = await self.db.execute(
-                "UPDATE redraft_sessions SET last_accessed = ? "
-                "WHERE session_id = ? AND principal = ? AND last_accessed >= ?",
-                (now, session_id, principal, now - self.ttl),
-            )
-            if updated != 1:
-                raise SessionNotFoundError()
-        return session_id
+    async def touch(self, principal: str, session_id: str) -> str:
+        """Validate ownership and liveness, record the access, return the canonical id."""
+        check = self.check(principal, session_id)
+        await self.db.touch_session(check)
+        return check.session_id
 
     async def touch_quietly(self, principal: str, session_id: object) -> None:
         """Record activity at the end of a call (a long refine must not leave its session looking idle)."""

@@ -165,17 +165,17 @@ def register_tools(mcp: FastMCP, app) -> None:
     ) -> ThreadView:
         """Start a new query on the companion's thread: adds a run_log slot and writes the draft. Refuses if the
         thread's current query is unfinished."""
-        thread = await app.thread(session_id, companion)
         options = _options(similarity_threshold, max_loops, sampling, min_score)
         options.update(_budgets(max_tokens_per_run, max_cost_per_run))
-        return view(session_id, companion, await app.runner.draft(thread, companion, query, **options))
+        with app.stepping(session_id, companion) as thread:
+            return view(session_id, companion, await app.runner.draft(thread, companion, query, **options))
 
     @mcp.tool
     @guard()
     async def critique(session_id: SessionId, companion: CompanionName = "generic", text: OptText = None) -> ThreadView:
         """Critique the current version (by the model, or pass your own `text`). Needs phase ready_to_critique."""
-        thread = await app.thread(session_id, companion)
-        return view(session_id, companion, await app.runner.critique(thread, text))
+        with app.stepping(session_id, companion) as thread:
+            return view(session_id, companion, await app.runner.critique(thread, text))
 
     @mcp.tool
     @guard()
@@ -186,8 +186,8 @@ def register_tools(mcp: FastMCP, app) -> None:
         critique: EditedCritique = None,
     ) -> ThreadView:
         """Revise the current version using the pending critique. Needs phase needs_revision."""
-        thread = await app.thread(session_id, companion)
-        return view(session_id, companion, await app.runner.revise(thread, text, critique))
+        with app.stepping(session_id, companion) as thread:
+            return view(session_id, companion, await app.runner.revise(thread, text, critique))
 
     @mcp.tool(task=TASK)
     @guard()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
+import uuid
 
 import psycopg
 import pytest
@@ -81,6 +83,57 @@ async def test_learning_stats_are_durable_and_honest(db_url, stub):
     assert sug["estimated_completion_s"] > 0
     assert stats["transition_seconds"]["refine->done"]["count"] == 3
     assert status.structured_content["suggestions"]["typical_iterations"] == 2
+
+
+async def test_a_step_checks_its_session_in_its_lease_grant(db_url, stub, monkeypatch):
+    """draft, critique and revise check the caller's session in the step's lease grant (one statement on
+    PostgreSQL, graph/database.py ``SessionCheck``): a live session has its access recorded, and an unknown or
+    expired one is refused with invalid_session and leaves no lease behind."""
+    from redraft.graph.database import Database
+
+    touches = []
+    touch = Database.touch_session
+
+    async def counted(self, check):
+        touches.append(check)
+        return await touch(self, check)
+
+    monkeypatch.setattr(Database, "touch_session", counted)
+    settings = make_settings(db_url, stub, session_ttl_seconds=300)
+    async with Client(create_server(settings)) as client:
+        sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
+        await client.call_tool("draft", {"session_id": sid, "query": "Q"})
+        _set_accessed(db_url, sid, time.time() - 100)  # idle for a while, well within the TTL
+        touches.clear()
+        await client.call_tool("critique", {"session_id": sid})
+        assert _accessed(db_url, sid) > time.time() - 10  # the access was recorded
+        assert len(touches) == (0 if db_url.startswith("postgresql") else 1)  # no read of its own on PostgreSQL
+        for gone in (str(uuid.uuid4()), sid):
+            if gone == sid:
+                _set_accessed(db_url, sid, time.time() - 400)  # expired
+            with pytest.raises(ToolError, match="invalid_session"):
+                await client.call_tool("revise", {"session_id": gone})
+            sql_lease = "SELECT count(*) FROM redraft_leases WHERE thread_id = ?"
+            assert count_rows(db_url, sql_lease, (thread_id_for(gone, "generic"),)) == 0
+
+
+def _set_accessed(db_url: str, session_id: str, when: float) -> None:
+    sql = "UPDATE redraft_sessions SET last_accessed = ? WHERE session_id = ?"
+    if db_url.startswith("postgresql"):
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s"), (when, session_id))
+    else:
+        with sqlite3.connect(db_url) as conn:
+            conn.execute(sql, (when, session_id))
+
+
+def _accessed(db_url: str, session_id: str) -> float:
+    sql = "SELECT last_accessed FROM redraft_sessions WHERE session_id = ?"
+    if db_url.startswith("postgresql"):
+        with psycopg.connect(db_url) as conn:
+            return conn.execute(sql.replace("?", "%s"), (session_id,)).fetchone()[0]
+    with sqlite3.connect(db_url) as conn:
+        return conn.execute(sql, (session_id,)).fetchone()[0]
 
 
 async def test_sweep_spares_a_session_with_a_step_running(db_url, stub):
