@@ -292,48 +292,39 @@ class PostgresDatabase(Database):
             for statement in SCHEMA + PG_SCHEMA:
                 await conn.execute(statement)
 
-    async def grant_checked(self, thread_id: str, check: SessionCheck | None) -> Lease:
-        if check is None:
-            return await self.grant(thread_id)
-        now, wall = self.now_sql, time.time()
-        live = (check.session_id, check.principal, wall - check.ttl)
-        row = await self.fetchone(
-            f"WITH live AS (SELECT 1 FROM redraft_sessions WHERE {_LIVE}), "
-            f"touched AS (UPDATE redraft_sessions SET last_accessed = ? WHERE {_LIVE} AND last_accessed < ?) "
-            "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
-            f"SELECT ?, ?, nextval('redraft_fence'), {now} + ? FROM live "
-            "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
-            f"expires_at = excluded.expires_at WHERE redraft_leases.expires_at < {now} "
-            "RETURNING token, xmax::text <> '0' AS took_over",
-            (*live, wall, *live, wall - check.touch_every, thread_id, OWNER, self.lease_ttl),
-        )
-        if row is None:
-            why = await self.fetchone(
-                "SELECT (SELECT owner FROM redraft_leases WHERE thread_id = ?) AS owner, "
-                f"EXISTS (SELECT 1 FROM redraft_sessions WHERE {_LIVE}) AS live",
-                (thread_id, *live),
-            )
-            if not why["live"]:
-                raise SessionNotFoundError()
-            raise lease_refused(why["owner"])
-        if row["took_over"]:
-            metrics.lease_taken_over()
-        return Lease(thread_id, int(row["token"]))
-
     async def grant(self, thread_id: str) -> Lease:
-        now = self.now_sql
+        return await self.grant_checked(thread_id, None)
+
+    async def grant_checked(self, thread_id: str, check: SessionCheck | None) -> Lease:
+        """One statement: with ``check``, the session's read and access stamp are CTEs, and the lease row comes from
+        the live session (none if it is gone)."""
+        now, source, params, live = self.now_sql, "", (), ()
+        if check is not None:
+            wall = time.time()
+            live = (check.session_id, check.principal, wall - check.ttl)
+            source = (
+                f"WITH live AS (SELECT 1 FROM redraft_sessions WHERE {_LIVE}), "
+                f"touched AS (UPDATE redraft_sessions SET last_accessed = ? WHERE {_LIVE} AND last_accessed < ?) "
+            )
+            params = (*live, wall, *live, wall - check.touch_every)
         row = await self.fetchone(
-            "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
-            f"VALUES (?, ?, nextval('redraft_fence'), {now} + ?) "
+            source + "INSERT INTO redraft_leases (thread_id, owner, token, expires_at) "
+            f"SELECT ?, ?, nextval('redraft_fence'), {now} + ? {'FROM live ' if check is not None else ''}"
             "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
             f"expires_at = excluded.expires_at WHERE redraft_leases.expires_at < {now} "
             # xmax is 0 on a freshly inserted row, non-zero on one updated: an expired lease taken over
             "RETURNING token, xmax::text <> '0' AS took_over",
-            (thread_id, OWNER, self.lease_ttl),
+            (*params, thread_id, OWNER, self.lease_ttl),
         )
         if row is None:
-            held = await self.fetchone("SELECT owner FROM redraft_leases WHERE thread_id = ?", (thread_id,))
-            raise lease_refused(held and held["owner"])
+            why = await self.fetchone(
+                "SELECT (SELECT owner FROM redraft_leases WHERE thread_id = ?) AS owner"
+                + (f", EXISTS (SELECT 1 FROM redraft_sessions WHERE {_LIVE}) AS live" if check is not None else ""),
+                (thread_id, *live),
+            )
+            if check is not None and not why["live"]:
+                raise SessionNotFoundError()
+            raise lease_refused(why["owner"])
         if row["took_over"]:
             metrics.lease_taken_over()
         return Lease(thread_id, int(row["token"]))
