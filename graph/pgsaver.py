@@ -204,11 +204,18 @@ class FencedPostgres:
                 params += [fence.thread_id, fence.token]
             await self._write("\nSELECT 1 {source}", ctes, params, "FROM fence")
 
+    def _lease_state(self) -> DeferredWrites | None:
+        """The running step's held-back writes and reads, if this saver holds them (or none yet): the state it may
+        defer writes to and serve repeated reads from."""
+        deferred = DEFERRED.get()
+        return deferred if deferred is not None and deferred.saver in (None, self) else None
+
     async def aget_tuple(self, config):
         deferred = DEFERRED.get()
         if deferred is not None and deferred.batches:  # a read under the lease sees the step's own writes
             await deferred.flush()
-        if deferred is None or deferred.saver not in (None, self):
+        deferred = self._lease_state()
+        if deferred is None:
             return await super().aget_tuple(config)
         # Under the lease nobody else writes this thread, so a step's second read of a checkpoint (the runner's
         # phase check, then the graph's own load) is the first one's; any write under the lease clears it.
@@ -257,12 +264,12 @@ class FencedPostgres:
             if target is None:
                 return {ch: {"writes": []} for ch in channels}
             checkpoint_id = target.config["configurable"]["checkpoint_id"]
-        deferred = DEFERRED.get()
+        deferred = self._lease_state()
         key = (thread_id, checkpoint_ns, checkpoint_id, tuple(channels))
-        if deferred is not None and deferred.saver in (None, self) and key in deferred.histories:
+        if deferred is not None and key in deferred.histories:
             return _copied(deferred.histories[key])
         history = await self._delta_history(thread_id, checkpoint_ns, checkpoint_id, channels)
-        if deferred is not None and deferred.saver in (None, self):
+        if deferred is not None:
             deferred.histories = {key: history}
             return _copied(history)
         return history
@@ -360,8 +367,8 @@ class FencedPostgres:
         ]
         batch = (all(w[0] in WRITES_IDX_MAP for w in writes), rows)
         _forget_reads()
-        deferred = DEFERRED.get()
-        if deferred is not None and deferred.saver in (None, self):  # under a lease: goes with the next checkpoint
+        deferred = self._lease_state()
+        if deferred is not None:  # under a lease: goes with the next checkpoint
             deferred.saver = self
             deferred.batches.append(batch)
             return
