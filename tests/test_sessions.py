@@ -19,12 +19,15 @@ from tests.clients import PlainClient as Client
 from tests.conftest import make_settings
 
 
-def count_rows(db_url: str, sql: str, params: tuple) -> int:
+def sql_value(db_url: str, sql: str, params: tuple):
+    """Run one statement on the test database (committed); the first column of its first row, if it returns rows."""
     if db_url.startswith("postgresql"):
         with psycopg.connect(db_url) as conn:
-            return conn.execute(sql.replace("?", "%s"), params).fetchone()[0]
+            cur = conn.execute(sql.replace("?", "%s"), params)
+            return cur.fetchone()[0] if cur.description else None
     with sqlite3.connect(db_url) as conn:
-        return conn.execute(sql, params).fetchone()[0]
+        cur = conn.execute(sql, params)
+        return cur.fetchone()[0] if cur.description else None
 
 
 async def test_idle_sessions_expire_and_the_sweep_deletes_their_checkpoints(db_url, stub):
@@ -34,7 +37,7 @@ async def test_idle_sessions_expire_and_the_sweep_deletes_their_checkpoints(db_u
         sid = (await client.call_tool("create_session", {})).structured_content["session_id"]
         await client.call_tool("refine", {"session_id": sid, "query": "Short-lived."})
         thread = thread_id_for(sid, "generic")
-        assert count_rows(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) > 0
+        assert sql_value(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) > 0
         await asyncio.sleep(1.5)
         await client.call_tool("status", {"session_id": sid})  # an access renews the TTL
         await asyncio.sleep(1.5)
@@ -43,8 +46,8 @@ async def test_idle_sessions_expire_and_the_sweep_deletes_their_checkpoints(db_u
         await asyncio.sleep(3.5)  # idle past the TTL: the periodic sweep removes everything
         with pytest.raises(ToolError, match="invalid_session"):
             await client.call_tool("status", {"session_id": sid})
-        assert count_rows(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) == 0
-        assert count_rows(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (sid,)) == 0
+        assert sql_value(db_url, "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (thread,)) == 0
+        assert sql_value(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (sid,)) == 0
 
 
 async def test_opportunistic_sweep_past_max_sessions(db_url, stub):
@@ -54,8 +57,8 @@ async def test_opportunistic_sweep_past_max_sessions(db_url, stub):
         await asyncio.sleep(0.7)
         new = (await client.call_tool("create_session", {})).structured_content["session_id"]
     for sid in old:
-        assert count_rows(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (sid,)) == 0
-    assert count_rows(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (new,)) == 1
+        assert sql_value(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (sid,)) == 0
+    assert sql_value(db_url, "SELECT count(*) FROM redraft_sessions WHERE session_id = ?", (new,)) == 1
 
 
 async def test_learning_stats_are_durable_and_honest(db_url, stub):
@@ -114,26 +117,15 @@ async def test_a_step_checks_its_session_in_its_lease_grant(db_url, stub, monkey
             with pytest.raises(ToolError, match="invalid_session"):
                 await client.call_tool("revise", {"session_id": gone})
             sql_lease = "SELECT count(*) FROM redraft_leases WHERE thread_id = ?"
-            assert count_rows(db_url, sql_lease, (thread_id_for(gone, "generic"),)) == 0
+            assert sql_value(db_url, sql_lease, (thread_id_for(gone, "generic"),)) == 0
 
 
 def _set_accessed(db_url: str, session_id: str, when: float) -> None:
-    sql = "UPDATE redraft_sessions SET last_accessed = ? WHERE session_id = ?"
-    if db_url.startswith("postgresql"):
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(sql.replace("?", "%s"), (when, session_id))
-    else:
-        with sqlite3.connect(db_url) as conn:
-            conn.execute(sql, (when, session_id))
+    sql_value(db_url, "UPDATE redraft_sessions SET last_accessed = ? WHERE session_id = ?", (when, session_id))
 
 
 def _accessed(db_url: str, session_id: str) -> float:
-    sql = "SELECT last_accessed FROM redraft_sessions WHERE session_id = ?"
-    if db_url.startswith("postgresql"):
-        with psycopg.connect(db_url) as conn:
-            return conn.execute(sql.replace("?", "%s"), (session_id,)).fetchone()[0]
-    with sqlite3.connect(db_url) as conn:
-        return conn.execute(sql, (session_id,)).fetchone()[0]
+    return sql_value(db_url, "SELECT last_accessed FROM redraft_sessions WHERE session_id = ?", (session_id,))
 
 
 async def test_sweep_spares_a_session_with_a_step_running(db_url, stub):
