@@ -17,7 +17,9 @@ sends each write as a pipelined transaction: BEGIN, one statement per blob, the 
   Outside a lease (``update_state`` from Studio, another process) writes go out at once, as with the stock saver.
 
 Under a lease nobody else writes the thread, so a checkpoint or delta history read twice in one step (the runner's
-phase check, then the graph's own load) is read from the database once; any write under the lease forgets it.
+phase check, then the graph's own load) is read from the database once; any write under the lease forgets it. A
+step at the checkpoint this process's last run on the thread ended at starts from that run's values
+(graph/headcache.py) and walks nothing.
 
 Reading a delta channel (``aget_delta_channel_history``) is the stock two-stage walk with two fixes that make a head
 read cost the same at 1,000 checkpoints as at 10: the ancestor walk starts with a page of ~one snapshot interval
@@ -48,6 +50,7 @@ from psycopg.types.json import Jsonb
 from redraft.errors import RedraftError
 from redraft.graph.database import is_driver_error, storage_error
 from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, deadline, is_lease_lost, lease_lost
+from redraft.graph.headcache import HeadValues
 
 _FENCE_CTE = "fence AS (SELECT redraft_fence_check(%s, %s))"
 
@@ -138,6 +141,21 @@ class FencedPostgres:
     """Mixed in before ``AsyncPostgresSaver`` (see the module docstring)."""
 
     statement_timeout = 30.0
+    _heads: HeadValues | None = None
+
+    @property
+    def heads(self) -> HeadValues:
+        """The values at each thread's checkpoint that this process's last run committed (graph/headcache.py)."""
+        if self._heads is None:
+            self._heads = HeadValues()
+        return self._heads
+
+    def remember_head(self, config: dict, values: dict) -> None:
+        """A run ended at the checkpoint ``config`` names with ``values`` (its stream's last checkpoint event)."""
+        configurable = config.get("configurable") or {}
+        if configurable.get("checkpoint_id") and isinstance(values, dict):
+            ns = configurable.get("checkpoint_ns", "")
+            self.heads.remember(configurable["thread_id"], ns, configurable["checkpoint_id"], values)
 
     @contextlib.asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
@@ -231,11 +249,13 @@ class FencedPostgres:
 
     async def adelete_thread(self, thread_id: str) -> None:
         _forget_reads()
+        self.heads.forget(thread_id)
         await super().adelete_thread(thread_id)
 
-    async def aprune(self, *args, **kwargs) -> None:
+    async def aprune(self, thread_ids, *args, **kwargs) -> None:
         _forget_reads()
-        await super().aprune(*args, **kwargs)
+        self.heads.forget(*thread_ids)
+        await super().aprune(thread_ids, *args, **kwargs)
 
     async def alist(self, config, **kwargs):
         deferred = DEFERRED.get()
@@ -268,7 +288,10 @@ class FencedPostgres:
         key = (thread_id, checkpoint_ns, checkpoint_id, tuple(channels))
         if deferred is not None and key in deferred.histories:
             return _copied(deferred.histories[key])
-        history = await self._delta_history(thread_id, checkpoint_ns, checkpoint_id, channels)
+        # under the lease, the checkpoint this process's last run on the thread committed: no walk (headcache.py)
+        history = self.heads.histories(*key[:3], channels) if deferred is not None else None
+        if history is None:
+            history = await self._delta_history(thread_id, checkpoint_ns, checkpoint_id, channels)
         if deferred is not None:
             deferred.histories = {key: history}
             return _copied(history)

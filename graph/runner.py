@@ -149,6 +149,8 @@ class Runner:
             raise
         if last is None:
             return None
+        if remember := getattr(self.persistence.saver, "remember_head", None):  # the next step starts from here
+            remember(last["config"], last["values"])
         return RunEnd(values=last["values"], next=tuple(last["next"]), config=last["config"], interrupts=interrupts)
 
     async def _view(self, thread_id: str, end: RunEnd | None) -> dict:

@@ -151,11 +151,13 @@ async def test_a_step_walks_the_thread_once(pg_url, stub, monkeypatch):
         runner = Runner(p, settings)
         await runner.draft(thread, "generic", "Walk once.", max_loops=3, similarity_threshold=1.0)
         monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
+        p.saver.heads.forget(thread)  # as if another replica ran the draft (tests/test_headcache.py: no walk at all)
         result = await runner.critique(thread)
         assert len(walks) == 1 and len(heads) == 1, (walks, heads)
         assert result["phase"] == "needs_revision" and len(result["slot"]["critique"]) == 1
         walks.clear()
         heads.clear()
+        p.saver.heads.forget(thread)
         result = await runner.revise(thread)
         assert len(walks) == 1 and len(heads) == 1 and len(result["slot"]["revision"]) == 1
         monkeypatch.undo()

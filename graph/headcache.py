@@ -1,0 +1,76 @@
+"""The values at the checkpoint a run of this process last committed, per thread: so the next step on the thread, in
+this process, rebuilds its delta channels from them instead of walking the thread's history in the database.
+
+A step tool call reads the head (its phase check) and then the graph loads it; both need every delta channel's
+value, which the saver rebuilds by walking back to each channel's last snapshot (graph/pgsaver.py): two round trips
+and the replay of up to ~32 writes per channel. A client stepping through a thread (draft, critique, revise, ...)
+asks for the checkpoint the previous call just wrote, whose values that call's run emitted in its stream.
+
+This holds no truth of its own. An entry answers only for the exact checkpoint id it names, and a checkpoint never
+changes once written: the values at it are fixed by its ancestors, its snapshots and the writes at its ancestors,
+none of which a later write changes (a fork or another replica's step makes a new checkpoint, with a new id). The
+caller asks only after reading the head from the database under the thread's lease, so a thread another replica
+moved on, a fork, or a rewind all miss and walk as before. Entries are values that the graph's reducers never
+mutate (copy-on-write, graph/state.py). Bounded: least recently used threads go first, by an item budget.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+DEFAULT_ITEMS = 20_000  # list entries (texts, usage and score entries) kept across threads: ~tens of MB of prose
+
+
+def weight(values: dict) -> int:
+    """About how many entries ``values`` holds: each log entry, and each text of the run log."""
+    total = 0
+    for value in values.values():
+        if isinstance(value, list):
+            total += len(value)
+            for item in value:
+                if isinstance(item, dict) and "revision" in item:  # a run_log slot: its critiques and revisions
+                    total += len(item["revision"]) + len(item.get("critique") or ())
+    return total
+
+
+class HeadValues:
+    """(thread, namespace) -> (checkpoint id, values at it), least recently used first out."""
+
+    def __init__(self, max_items: int = DEFAULT_ITEMS) -> None:
+        self.max_items = max_items
+        self._entries: OrderedDict[tuple[str, str], tuple[str, dict, int]] = OrderedDict()
+        self._items = 0
+
+    def remember(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, values: dict) -> None:
+        old = self._entries.pop((thread_id, checkpoint_ns), None)
+        if old is not None:
+            self._items -= old[2]
+        size = weight(values)
+        if size > self.max_items // 4:  # a very long thread: walking it is bounded anyway; keep room for others
+            return
+        self._entries[(thread_id, checkpoint_ns)] = (checkpoint_id, values, size)
+        self._items += size
+        while self._items > self.max_items:
+            _, (_, _, dropped) = self._entries.popitem(last=False)
+            self._items -= dropped
+
+    def histories(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, channels: list) -> dict | None:
+        """Delta-channel histories at ``checkpoint_id`` (each channel's value as its seed, no writes to replay), or
+        None when this process did not write that checkpoint last or lacks one of ``channels``."""
+        key = (thread_id, checkpoint_ns)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != checkpoint_id:
+            return None
+        values = entry[1]
+        if any(ch not in values for ch in channels):
+            return None
+        self._entries.move_to_end(key)
+        return {ch: {"writes": [], "seed": values[ch]} for ch in channels}
+
+    def forget(self, *thread_ids: str) -> None:
+        gone = set(thread_ids)
+        for key in [k for k in self._entries if k[0] in gone]:
+            self._items -= self._entries.pop(key)[2]
+
+    def __len__(self) -> int:
+        return len(self._entries)

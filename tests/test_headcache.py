@@ -1,0 +1,95 @@
+"""A step starts from the values its process's last run on the thread committed (graph/headcache.py), instead of
+walking the thread's delta history in the database, and reads exactly what a cold reader reads.
+
+Checked against a second persistence (its own pool and saver, as another replica has), which always walks: after
+every step of a thread that crosses its delta snapshots, is advanced by the other replica, and is forked."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from redraft.graph import timetravel as tt
+from redraft.graph.checkpointer import SNAPSHOT_SUPERSTEPS, open_persistence
+from redraft.graph.headcache import HeadValues, weight
+from redraft.graph.runner import Runner
+from tests.conftest import make_settings, new_thread
+
+WALK = "SELECT checkpoint_id, parent_checkpoint_id"  # the first stage of the delta walk (graph/pgsaver.py)
+
+
+def test_the_cache_answers_only_for_its_checkpoint_and_stays_within_its_budget():
+    heads = HeadValues(max_items=400)
+    values = {"run_log": [{"query": "q", "draft": "d", "critique": ["c"], "revision": ["r"]}], "usage": [{}] * 9}
+    assert weight(values) == 1 + 2 + 9
+    heads.remember("t1", "", "c1", values)
+    assert heads.histories("t1", "", "c1", ["run_log", "usage"]) == {
+        "run_log": {"writes": [], "seed": values["run_log"]},
+        "usage": {"writes": [], "seed": values["usage"]},
+    }
+    assert heads.histories("t1", "", "c0", ["run_log"]) is None  # another checkpoint of the thread
+    assert heads.histories("t1", "", "c1", ["run_log", "scores"]) is None  # a channel it does not have
+    assert heads.histories("t2", "", "c1", ["run_log"]) is None
+    heads.remember("t1", "", "c2", values)  # the thread moved on: only its new head answers
+    assert heads.histories("t1", "", "c1", ["run_log"]) is None and len(heads) == 1
+    for i in range(40):  # 12 items each against a budget of 400: the least recently used threads go
+        heads.remember(f"other-{i}", "", "c", values)
+    assert len(heads) == 400 // 12 and heads.histories("t1", "", "c2", ["run_log"]) is None
+    heads.remember("huge", "", "c", {"usage": [{}] * 101})  # over a quarter of the budget: not kept
+    assert heads.histories("huge", "", "c", ["usage"]) is None
+    heads.forget("other-39")
+    assert heads.histories("other-39", "", "c", ["usage"]) is None and len(heads) == 400 // 12 - 1
+
+
+@pytest.mark.postgres
+async def test_steps_skip_the_walk_and_read_what_another_replica_reads(pg_url, stub, monkeypatch):
+    stub.configure(changes=[30])
+    settings = make_settings(pg_url, stub)
+    thread = new_thread()
+    walks: list[str] = []
+    execute = psycopg.AsyncCursor.execute
+
+    async def counting(self, query, params=None, **kwargs):
+        if str(query).startswith(WALK):
+            walks.append(str(query))
+        return await execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
+    async with open_persistence(settings) as p, open_persistence(settings) as q:
+        ours, theirs = Runner(p, settings), Runner(q, settings)
+
+        async def same_as_a_cold_read() -> None:
+            async with p.db.thread_lock(thread):  # under a lease: what the next step starts from
+                warm = await ours.snapshot(thread)
+            cold = await theirs.snapshot(thread)  # the other replica's saver has never seen this thread
+            assert warm.config == cold.config and warm.values == cold.values and warm.next == cold.next
+
+        async def step(runner: Runner, n: int) -> dict:
+            return await (runner.critique(thread) if n % 2 == 0 else runner.revise(thread))
+
+        await ours.draft(thread, "generic", "Start from the last run.", max_loops=100, similarity_threshold=1.0)
+        n = 0
+        for n in range(SNAPSHOT_SUPERSTEPS + 6):  # crosses a snapshot of every delta channel
+            walks.clear()
+            result = await step(ours, n)
+            assert walks == [], (n, walks)  # neither the phase check nor the graph's load walked
+            await same_as_a_cold_read()
+        assert len(result["slot"]["revision"]) == (SNAPSHOT_SUPERSTEPS + 6) // 2
+
+        await step(theirs, n + 1)  # another replica moves the thread on (a critique): what this process kept is stale
+        walks.clear()
+        result = await step(ours, n + 2)
+        assert len(walks) == 1 and result["phase"] == "ready_to_critique", (walks, result["phase"])
+        await same_as_a_cold_read()
+
+        # a fork makes a new head from an old checkpoint, which no run of this process ended at
+        history = await tt.history(ours, thread, limit=12)
+        early = next(c["checkpoint_id"] for c in history["checkpoints"] if c["phase"] == "needs_revision")
+        fork_head = (await tt.fork(ours, thread, early, critique="A human critique on a branch."))["checkpoint_id"]
+        assert ours.persistence.saver.heads.histories(thread, "", fork_head, ["run_log"]) is None
+        for k in range(3):
+            walks.clear()
+            result = await step(ours, 1 + k)  # the fork's checkpoint stores its logs whole: no walk from it either
+            assert walks == [], (k, walks)
+            await same_as_a_cold_read()
+        assert result["slot"]["critique"][-2] == "A human critique on a branch."
