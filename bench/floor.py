@@ -133,7 +133,11 @@ async def mcp_step(pg: str, n: int) -> dict:
 
 
 async def long_thread(pg: str, loops: int = 500, reps: int = 8) -> list[dict]:
-    """A step, the latest state and the state at an old checkpoint, on a thread at ~1,000 checkpoints vs one at ~10."""
+    """A step, the latest state and the state at an old checkpoint, on a thread at ~1,000 checkpoints vs one at ~10.
+
+    A step follows this process's previous step on the thread (the values it committed are where the next one
+    starts, graph/headcache.py); a "cold" step follows one as if another replica had run it, and walks the thread's
+    delta history. Half of each: critique and revise alternate, two of each kind."""
     settings = settings_for(pg)
     provider = FakeProvider(settings, changes=[10], draft_words=120, critique_words=20)
     cost: dict[str, dict[str, float]] = {}
@@ -153,11 +157,15 @@ async def long_thread(pg: str, loops: int = 500, reps: int = 8) -> list[dict]:
                 (thread,),
             )
             await runner.draft(thread, "generic", "Next query.", max_loops=reps + 2, similarity_threshold=1.0)
-            steps, latest, at_old = [], [], []
-            for i in range(reps):
+            steps, cold, latest, at_old = [], [], [], []
+            for i in range(2 * reps):
+                if i % 4 >= 2:  # as if another replica ran the previous step: walk the delta history (headcache.py)
+                    p.saver.heads.forget(thread)
                 t0 = time.perf_counter()
                 await (runner.critique(thread) if i % 2 == 0 else runner.revise(thread))
-                steps.append(time.perf_counter() - t0)
+                (cold if i % 4 >= 2 else steps).append(time.perf_counter() - t0)
+                if i % 2:
+                    continue
                 t0 = time.perf_counter()
                 await runner.status(thread)
                 latest.append(time.perf_counter() - t0)
@@ -166,10 +174,12 @@ async def long_thread(pg: str, loops: int = 500, reps: int = 8) -> list[dict]:
                 at_old.append(time.perf_counter() - t0)
             count = await p.db.fetchone("SELECT count(*) AS n FROM checkpoints WHERE thread_id = ?", (thread,))
             sizes[label] = count["n"]
-            cost[label] = {k: statistics.median(v) for k, v in (("step", steps), ("latest", latest), ("old", at_old))}
+            got = (("step", steps), ("cold", cold), ("latest", latest), ("old", at_old))
+            cost[label] = {k: statistics.median(v) for k, v in got}
     out = []
     for key, what, target in (
         ("step", "a step", 1.2),
+        ("cold", "a step after another replica's step (its delta walk)", 1.2),
         ("latest", "latest-state read", 2.0),
         ("old", "state at an old checkpoint", 2.0),
     ):
