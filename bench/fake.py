@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from redraft.nodes.model import ModelProvider
-from tests.stub_answers import DEFAULTS, answer, node_of
+from tests.stub_answers import DEFAULTS, answer, node_of, usage_for
 
 ROLE = {"system": "system", "human": "user", "ai": "assistant"}
 
@@ -30,7 +30,10 @@ class FakeChat(BaseChatModel):
         node = node_of(dicts)
         self.prompt_log.append((node, sum(len(d["content"]) for d in dicts)))
         text = answer(self.script, node, dicts)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+        usage = usage_for(self.script, dicts, text)
+        meta = {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]} if usage else {}
+        message = AIMessage(text, usage_metadata={**meta, "total_tokens": sum(meta.values())} if meta else None)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         return self._reply(messages)
@@ -42,8 +45,13 @@ class FakeChat(BaseChatModel):
 
 
 class FakeProvider(ModelProvider):
+    """Reports each call's tokens (a word count) as OpenAI-compatible endpoints do, so redraft meters what the
+    endpoint says instead of estimating with tiktoken, the fallback for endpoints that omit usage
+    (``usage=None``)."""
+
     def __init__(self, settings, latency: float = 0.0, **script: Any) -> None:
         super().__init__(settings)
+        script = {"usage": "words", **script}
         self.model = FakeChat(latency=latency, script={**DEFAULTS, **script}, prompt_log=[])
 
     def get(self, sampling: dict[str, Any], bind: dict[str, Any] | None = None) -> BaseChatModel:
