@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import sys
@@ -114,6 +115,9 @@ def floor_section(figs: list[dict]) -> dict:
 
 async def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    # The in-process servers and runners below stand for `redraft serve` processes, which freeze their start-up heap
+    # out of the collector (server/app.py's lifespan), as the worker processes do (bench/worker.py).
+    gc.freeze()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"redraft-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
     pg, pg_version = fresh_pg()
