@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench lint clean chromium
+.PHONY: serve test bench lint clean chromium pgbouncer
 
 # Bootstrap output goes to stderr: `make serve` speaks MCP on stdout.
 $(STAMP): pyproject.toml
@@ -36,8 +36,15 @@ chromium:
 	{ $(SUDO) apt-get install -y -q chromium >&2 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } >&2; } \
 	|| echo "chromium could not be installed: the viewer's browser tests will skip (CI=true: fail)" >&2
 
-bench: $(STAMP)  ## benchmarks: prints a table and writes docs/benchmarks.md
+bench: $(STAMP) pgbouncer  ## benchmarks: prints a table and writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
+
+# The replica rows measure 4 replicas through PgBouncer (transaction mode) too: Debian's package, installed when
+# missing, as for chromium; without it that row says "not installed".
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
+	{ $(SUDO) apt-get install -y -q pgbouncer >&2 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q pgbouncer; } >&2; } \
+	|| echo "pgbouncer could not be installed: the bench's PgBouncer row will say so" >&2
 
 # basedpyright (pyrightconfig.json) checks that every import resolves, as an editor would see it.
 lint: $(STAMP)

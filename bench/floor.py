@@ -137,45 +137,51 @@ async def long_thread(pg: str, loops: int = 500, reps: int = 8) -> list[dict]:
 
     A step follows this process's previous step on the thread (the values it committed are where the next one
     starts, graph/headcache.py); a "cold" step follows one as if another replica had run it, and walks the thread's
-    delta history. Half of each: critique and revise alternate, two of each kind."""
+    delta history. Half of each: critique and revise alternate, two of each kind. The two threads take turns, one
+    step (or read) each, so a machine that speeds up or slows down during the run moves both sides alike."""
     settings = settings_for(pg)
     provider = FakeProvider(settings, changes=[10], draft_words=120, critique_words=20)
-    cost: dict[str, dict[str, float]] = {}
+    threads = {"short": tid(), "long": tid()}
+    timings: dict[str, dict[str, list[float]]] = {k: {"step": [], "cold": [], "latest": [], "old": []} for k in threads}
     async with open_persistence(settings) as p:
         runner = Runner(p, settings, provider)
-        sizes = {}
         for label, n in (("short", 4), ("long", loops)):
-            thread = tid()
-            await runner.refine(thread, "generic", "Long thread.", max_loops=n, similarity_threshold=1.0)
-            # The bench's database is minutes old, as a production one is not: planner statistics come from
-            # autovacuum's first ANALYZE, up to a minute after the tables filled. Until then a prepared statement's
-            # generic plan, built while the tables were tiny, can scan a whole thread's rows per probe (a long
-            # thread's step grew from 7 to 40 ms over 15 steps that way). Measure what a live database does.
-            await p.db.execute("ANALYZE checkpoints, checkpoint_writes, checkpoint_blobs")
-            old = await p.db.fetchone(
+            await runner.refine(threads[label], "generic", "Long thread.", max_loops=n, similarity_threshold=1.0)
+        # The bench's database is minutes old, as a production one is not: planner statistics come from autovacuum's
+        # first ANALYZE, up to a minute after the tables filled. Until then a prepared statement's generic plan, built
+        # while the tables were tiny, can scan a whole thread's rows per probe (a long thread's step grew from 7 to
+        # 40 ms over 15 steps that way). Measure what a live database does.
+        await p.db.execute("ANALYZE checkpoints, checkpoint_writes, checkpoint_blobs")
+        old = {}
+        for label, thread in threads.items():
+            found = await p.db.fetchone(
                 "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? ORDER BY checkpoint_id LIMIT 1 OFFSET 3",
                 (thread,),
             )
+            old[label] = found["checkpoint_id"]
             await runner.draft(thread, "generic", "Next query.", max_loops=reps + 2, similarity_threshold=1.0)
-            steps, cold, latest, at_old = [], [], [], []
-            for i in range(2 * reps):
-                if i % 4 >= 2:  # as if another replica ran the previous step: walk the delta history (headcache.py)
+
+        async def timed(what: str, label: str, call) -> None:
+            t0 = time.perf_counter()
+            await call
+            timings[label][what].append(time.perf_counter() - t0)
+
+        for i in range(2 * reps):
+            kind = "cold" if i % 4 >= 2 else "step"
+            for label, thread in threads.items():
+                if kind == "cold":  # as if another replica ran the previous step: walk the delta history
                     p.saver.heads.forget(thread)
-                t0 = time.perf_counter()
-                await (runner.critique(thread) if i % 2 == 0 else runner.revise(thread))
-                (cold if i % 4 >= 2 else steps).append(time.perf_counter() - t0)
-                if i % 2:
-                    continue
-                t0 = time.perf_counter()
-                await runner.status(thread)
-                latest.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                await tt.state_at(runner, thread, old["checkpoint_id"])
-                at_old.append(time.perf_counter() - t0)
+                await timed(kind, label, runner.critique(thread) if i % 2 == 0 else runner.revise(thread))
+            if i % 2 == 0:
+                for label, thread in threads.items():
+                    await timed("latest", label, runner.status(thread))
+                for label, thread in threads.items():
+                    await timed("old", label, tt.state_at(runner, thread, old[label]))
+        sizes = {}
+        for label, thread in threads.items():
             count = await p.db.fetchone("SELECT count(*) AS n FROM checkpoints WHERE thread_id = ?", (thread,))
             sizes[label] = count["n"]
-            got = (("step", steps), ("cold", cold), ("latest", latest), ("old", at_old))
-            cost[label] = {k: statistics.median(v) for k, v in got}
+    cost = {label: {k: statistics.median(v) for k, v in got.items()} for label, got in timings.items()}
     out = []
     for key, what, target in (
         ("step", "a step", 1.2),
