@@ -74,3 +74,22 @@ class HeadValues:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class RemembersLastRun:
+    """For a saver: ``heads`` (its ``HeadValues``) and ``remember_head``, which the runner calls at a run's end."""
+
+    _heads: HeadValues | None = None
+
+    @property
+    def heads(self) -> HeadValues:
+        if self._heads is None:
+            self._heads = HeadValues()
+        return self._heads
+
+    def remember_head(self, config: dict, values: dict) -> None:
+        """A run ended at the checkpoint ``config`` names with ``values`` (its stream's last checkpoint event)."""
+        configurable = config.get("configurable") or {}
+        if configurable.get("checkpoint_id") and isinstance(values, dict):
+            ns = configurable.get("checkpoint_ns", "")
+            self.heads.remember(configurable["thread_id"], ns, configurable["checkpoint_id"], values)

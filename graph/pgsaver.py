@@ -50,7 +50,8 @@ from psycopg.types.json import Jsonb
 from redraft.errors import RedraftError
 from redraft.graph.database import is_driver_error, storage_error
 from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, deadline, is_lease_lost, lease_lost
-from redraft.graph.headcache import HeadValues
+from redraft.graph.headcache import RemembersLastRun
+from redraft.observability import metrics
 
 _FENCE_CTE = "fence AS (SELECT redraft_fence_check(%s, %s))"
 
@@ -137,25 +138,10 @@ def _writes_ctes(batches: list[tuple[bool, list[tuple]]]) -> tuple[list[str], li
     return ctes, params
 
 
-class FencedPostgres:
+class FencedPostgres(RemembersLastRun):
     """Mixed in before ``AsyncPostgresSaver`` (see the module docstring)."""
 
     statement_timeout = 30.0
-    _heads: HeadValues | None = None
-
-    @property
-    def heads(self) -> HeadValues:
-        """The values at each thread's checkpoint that this process's last run committed (graph/headcache.py)."""
-        if self._heads is None:
-            self._heads = HeadValues()
-        return self._heads
-
-    def remember_head(self, config: dict, values: dict) -> None:
-        """A run ended at the checkpoint ``config`` names with ``values`` (its stream's last checkpoint event)."""
-        configurable = config.get("configurable") or {}
-        if configurable.get("checkpoint_id") and isinstance(values, dict):
-            ns = configurable.get("checkpoint_ns", "")
-            self.heads.remember(configurable["thread_id"], ns, configurable["checkpoint_id"], values)
 
     @contextlib.asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
@@ -288,14 +274,15 @@ class FencedPostgres:
         key = (thread_id, checkpoint_ns, checkpoint_id, tuple(channels))
         if deferred is not None and key in deferred.histories:
             return _copied(deferred.histories[key])
-        # under the lease, the checkpoint this process's last run on the thread committed: no walk (headcache.py)
-        history = self.heads.histories(*key[:3], channels) if deferred is not None else None
+        if deferred is None:
+            return await self._delta_history(thread_id, checkpoint_ns, checkpoint_id, channels)
+        # a step: from the checkpoint this process's last run on the thread committed, if that is it (headcache.py)
+        history = self.heads.histories(*key[:3], channels)
+        metrics.history_read("walk" if history is None else "last_run")
         if history is None:
             history = await self._delta_history(thread_id, checkpoint_ns, checkpoint_id, channels)
-        if deferred is not None:
-            deferred.histories = {key: history}
-            return _copied(history)
-        return history
+        deferred.histories = {key: history}
+        return _copied(history)
 
     async def _delta_history(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, channels: list) -> dict:
         parent_of: dict = {}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from redraft.graph import timetravel as tt
 from redraft.graph.checkpointer import SNAPSHOT_SUPERSTEPS, open_persistence
 from redraft.graph.headcache import HeadValues, weight
 from redraft.graph.runner import Runner
+from redraft.observability import metrics
 from tests.conftest import make_settings, new_thread
 
 WALK = "SELECT checkpoint_id, parent_checkpoint_id"  # the first stage of the delta walk (graph/pgsaver.py)
@@ -93,3 +95,24 @@ async def test_steps_skip_the_walk_and_read_what_another_replica_reads(pg_url, s
             assert walks == [], (k, walks)
             await same_as_a_cold_read()
         assert result["slot"]["critique"][-2] == "A human critique on a branch."
+
+
+@pytest.mark.postgres
+async def test_history_reads_are_counted_by_source(pg_url, stub):
+    """``redraft_history_reads_total``: a step after this process's own counts as last_run, one after another
+    replica's as walk (an operator behind a load balancer without session affinity sees mostly walks)."""
+    metrics.enable()  # as a server does
+
+    def reads(source: str) -> float:
+        return REGISTRY.get_sample_value("redraft_history_reads_total", {"source": source}) or 0.0
+
+    settings = make_settings(pg_url, stub)
+    thread = new_thread()
+    async with open_persistence(settings) as p, open_persistence(settings) as q:
+        ours, theirs = Runner(p, settings), Runner(q, settings)
+        await ours.draft(thread, "generic", "Count the reads.", max_loops=5, similarity_threshold=1.0)
+        before = reads("walk"), reads("last_run")
+        await ours.critique(thread)  # after its own draft
+        await theirs.revise(thread)  # the other replica has never seen the thread
+        await ours.critique(thread)  # after the other replica's step
+        assert (reads("walk") - before[0], reads("last_run") - before[1]) == (2, 1)

@@ -111,6 +111,13 @@ class Metrics:
             "Step leases granted over another holder's expired lease (a crashed or stalled replica's thread taken "
             "over)",
         )
+        self.history_reads = Counter(
+            "redraft_history_reads",
+            "Reads of a thread's delta-channel history for a step, by source: walk (the database) or last_run (the "
+            "values this process's last run on the thread committed; a step whose previous step ran on another "
+            "replica walks)",
+            ["source"],
+        )
         self.sessions_active = Gauge(
             "redraft_sessions_active", "Sessions not yet idle-expired (database-wide: the same on every replica)"
         )
@@ -194,6 +201,12 @@ def lease_taken_over() -> None:
     m = _metrics
     if m is not None:
         m.lease_takeovers.inc()
+
+
+def history_read(source: str) -> None:
+    m = _metrics
+    if m is not None:
+        m.history_reads.labels(source).inc()
 
 
 # --- database-wide gauges, read at scrape time ------------------------------------------------------------------
