@@ -246,6 +246,7 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
         saver_type = type("RedraftPostgresSaver", (FencedPostgres, CompactVersions, AsyncPostgresSaver), {})
         saver = saver_type(pool, serde=serde)
         saver.statement_timeout = settings.db_statement_timeout
+        saver.heads.max_items = settings.head_cache_items
         await saver.setup()
         db = PostgresDatabase(pool)
         db.statement_timeout = settings.db_statement_timeout

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-DEFAULT_ITEMS = 20_000  # list entries (texts, usage and score entries) kept across threads: ~tens of MB of prose
+DEFAULT_ITEMS = 20_000  # list entries (texts, usage and score entries) kept across threads (REDRAFT_HEAD_CACHE_ITEMS)
 
 
 def weight(values: dict) -> int:
@@ -45,7 +45,7 @@ class HeadValues:
         old = self._entries.pop((thread_id, checkpoint_ns), None)
         if old is not None:
             self._items -= old[2]
-        size = weight(values)
+        size = max(1, weight(values))
         if size > self.max_items // 4:  # a very long thread: walking it is bounded anyway; keep room for others
             return
         self._entries[(thread_id, checkpoint_ns)] = (checkpoint_id, values, size)

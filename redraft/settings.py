@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Server-side prepared statements (psycopg prepares each statement on its first use). Set false behind PgBouncer
     # in transaction mode before 1.21: a pooled server connection does not carry them from one client to the next.
     db_prepared_statements: bool = True
+    # A step on PostgreSQL starts from the values this process's last run on the thread committed, when it is at that
+    # checkpoint (graph/headcache.py): the log entries (texts, usage and score entries) kept across threads, least
+    # recently used first out. ~20,000 entries of ~3 KB revisions is tens of MB; 0 turns it off (every step walks).
+    head_cache_items: int = Field(default=20_000, ge=0)
 
     # The model: any OpenAI-compatible endpoint. The endpoint and key fall back to the standard OPENAI_BASE_URL and
     # OPENAI_API_KEY when the REDRAFT_* ones are unset (REDRAFT_* wins when both are set).

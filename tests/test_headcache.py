@@ -41,6 +41,9 @@ def test_the_cache_answers_only_for_its_checkpoint_and_stays_within_its_budget()
     assert heads.histories("huge", "", "c", ["usage"]) is None
     heads.forget("other-39")
     assert heads.histories("other-39", "", "c", ["usage"]) is None and len(heads) == 400 // 12 - 1
+    off = HeadValues(max_items=0)  # REDRAFT_HEAD_CACHE_ITEMS=0: nothing kept, not even a thread with empty logs
+    off.remember("t", "", "c", {"usage": []})
+    assert len(off) == 0 and off.histories("t", "", "c", ["usage"]) is None
 
 
 @pytest.mark.postgres
@@ -116,3 +119,9 @@ async def test_history_reads_are_counted_by_source(pg_url, stub):
         await theirs.revise(thread)  # the other replica has never seen the thread
         await ours.critique(thread)  # after the other replica's step
         assert (reads("walk") - before[0], reads("last_run") - before[1]) == (2, 1)
+    off = make_settings(pg_url, stub, head_cache_items=0)
+    async with open_persistence(off) as p:  # turned off: every step walks
+        runner = Runner(p, off)
+        await runner.revise(thread)
+        await runner.critique(thread)
+        assert (reads("walk") - before[0], reads("last_run") - before[1]) == (4, 1)
