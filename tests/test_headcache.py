@@ -6,10 +6,13 @@ every step of a thread that crosses its delta snapshots, is advanced by the othe
 
 from __future__ import annotations
 
+import random
+
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
+from redraft.errors import RedraftError
 from redraft.graph import timetravel as tt
 from redraft.graph.checkpointer import SNAPSHOT_SUPERSTEPS, open_persistence
 from redraft.graph.headcache import HeadValues, weight
@@ -125,3 +128,61 @@ async def test_history_reads_are_counted_by_source(pg_url, stub):
         await runner.revise(thread)
         await runner.critique(thread)
         assert (reads("walk") - before[0], reads("last_run") - before[1]) == (4, 1)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("seed", [19, 20])
+async def test_random_steps_forks_replays_and_failures_on_two_replicas_read_what_a_cold_reader_reads(
+    pg_url, stub, seed
+):
+    """Steps on either replica, failed model calls, forks and replays in a seeded random order: after each, what a
+    step on either replica would start from (under its lease) is what a cold read of the database gives."""
+    stub.configure(changes=[30])
+    settings = make_settings(pg_url, stub)
+    thread = new_thread()
+    rng = random.Random(seed)
+    async with open_persistence(settings) as p, open_persistence(settings) as q:
+        replicas = [Runner(p, settings), Runner(q, settings)]
+
+        async def agree() -> None:
+            for runner, other in (replicas, replicas[::-1]):
+                async with runner.persistence.db.thread_lock(thread):
+                    warm = await runner.snapshot(thread)
+                cold = await other.snapshot(thread)
+                assert (warm.config, warm.values, warm.next) == (cold.config, cold.values, cold.next)
+
+        async def step(runner: Runner) -> str:
+            phase = (await runner.status(thread))["phase"]
+            query = f"Query {rng.random():.3f}."
+            if phase in ("empty", "done") and rng.random() < 0.5:  # a whole query in one run: its last values kept
+                await runner.refine(thread, "generic", query, max_loops=3, similarity_threshold=1.0)
+                return "refine"
+            if phase in ("empty", "done"):
+                await runner.draft(thread, "generic", query, max_loops=3, similarity_threshold=1.0)
+            elif phase == "ready_to_critique":
+                await runner.critique(thread)
+            elif phase == "needs_revision":
+                await runner.revise(thread)
+            else:
+                await runner.resume(thread)
+            return "step"
+
+        await step(replicas[0])
+        done = {"step": 0, "failed": 0, "fork": 0, "replay": 0, "refine": 0}
+        for _ in range(40):
+            runner = rng.choice(replicas)
+            op = rng.choices(["step", "failed", "fork", "replay"], weights=[6, 1, 1, 1])[0]
+            checkpoints = (await tt.history(runner, thread, limit=30))["checkpoints"]
+            if op == "failed":
+                stub.fail({"status": 500})
+                with pytest.raises(RedraftError):
+                    await step(runner)
+            elif op == "fork" and (edits := [c for c in checkpoints[1:] if c["phase"] == "needs_revision"]):
+                await tt.fork(runner, thread, rng.choice(edits)["checkpoint_id"], critique=f"Edit {rng.random():.3f}.")
+            elif op == "replay" and (starts := [c for c in checkpoints[1:] if c["phase"] == "ready_to_critique"]):
+                await tt.replay(runner, thread, rng.choice(starts)["checkpoint_id"])
+            else:
+                op = await step(runner)
+            done[op] += 1
+            await agree()
+        assert all(done.values()), done
