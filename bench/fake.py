@@ -14,6 +14,8 @@ from redraft.nodes.model import ModelProvider
 from tests.stub_answers import DEFAULTS, answer, node_of, usage_for
 
 ROLE = {"system": "system", "human": "user", "ai": "assistant"}
+# LangChain's usage_metadata keys from an OpenAI-style usage block, as langchain-openai maps them
+USAGE_KEYS = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens", "total_tokens": "total_tokens"}
 
 
 class FakeChat(BaseChatModel):
@@ -31,8 +33,10 @@ class FakeChat(BaseChatModel):
         self.prompt_log.append((node, sum(len(d["content"]) for d in dicts)))
         text = answer(self.script, node, dicts)
         usage = usage_for(self.script, dicts, text)
-        meta = {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]} if usage else {}
-        message = AIMessage(text, usage_metadata={**meta, "total_tokens": sum(meta.values())} if meta else None)
+        meta = None
+        if usage is not None:
+            meta = {k: usage[u] for k, u in USAGE_KEYS.items()}
+        message = AIMessage(text, usage_metadata=meta)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
