@@ -14,12 +14,17 @@ sends each write as a pipelined transaction: BEGIN, one statement per blob, the 
   one commit per durable step instead of two. What no checkpoint took along (a run stopped at a gate or by an error)
   is sent when the lease ends, before it is released; a read under the lease sends it first. A crash in between
   loses the writes of a step whose checkpoint was never committed -- the step in flight, which a resume runs again.
-  Outside a lease (``update_state`` from Studio, another process) writes go out at once, as with the stock saver.
+  Outside a lease (``update_state`` from Studio, another process) writes go out at once, as with the stock saver;
+* a task's regular writes of one call are one row, a pack (graph/pglayout.py): one row per step instead of ~four,
+  each repeating the thread, checkpoint and task ids. Reads expand packs back into the stock rows.
 
 Under a lease nobody else writes the thread, so a checkpoint or delta history read twice in one step (the runner's
 phase check, then the graph's own load) is read from the database once; any write under the lease forgets it. A
 step at the checkpoint this process's last run on the thread ended at starts from that run's values
 (graph/headcache.py) and walks nothing.
+
+A checkpoint read loads its pending writes inline: the stock saver hands them to a worker thread, a thread hop per
+read for a few KB of JSON.
 
 Reading a delta channel (``aget_delta_channel_history``) is the stock two-stage walk with two fixes that make a head
 read cost the same at 1,000 checkpoints as at 10: the ancestor walk starts with a page of ~one snapshot interval
@@ -51,6 +56,7 @@ from redraft.errors import RedraftError
 from redraft.graph.database import is_driver_error, storage_error
 from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, deadline, is_lease_lost, lease_lost
 from redraft.graph.headcache import RemembersLastRun
+from redraft.graph.pglayout import PACK_CHANNEL, expand_loaded, expand_stage2, loaded_tuple, packed_rows, slim_row
 from redraft.observability import metrics
 
 _FENCE_CTE = "fence AS (SELECT redraft_fence_check(%s, %s))"
@@ -81,15 +87,16 @@ _WRITES_CTE = """{name} AS (
     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {action}
 )"""
 
-# Stage 2 of the delta walk: a channel's writes at its chain's checkpoints, one primary-key probe per chain id (the
-# OFFSET 0 keeps the planner from flattening the lateral subquery into a join). The stock form
-# (``checkpoint_id = ANY(%s)``, the channel as a filter) let the planner scan and hash every write row of the thread,
-# ~4,000 rows at 1,000 checkpoints, where the chain holds ~30 ids.
+# Stage 2 of the delta walk: the channels' writes (and packs, graph/pglayout.py) at the checkpoints of their chains,
+# one primary-key probe per checkpoint id (the OFFSET 0 keeps the planner from flattening the lateral subquery into a
+# join). The stock form (``checkpoint_id = ANY(%s)``, per channel) let the planner scan and hash every write row of
+# the thread, ~4,000 rows at 1,000 checkpoints, where a chain holds ~30 ids. A row at an id outside a channel's own
+# chain is ignored when the histories are built.
 _DELTA_WRITES = """SELECT 'w'::text AS _kind, w.checkpoint_id, w.channel, w.type, w.blob, w.task_id, w.task_path, w.idx,
     NULL::text AS version
 FROM unnest(%s::text[]) AS c(id) CROSS JOIN LATERAL (
     SELECT * FROM checkpoint_writes
-    WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = c.id AND channel = %s OFFSET 0
+    WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = c.id AND channel = ANY(%s::text[]) OFFSET 0
 ) AS w"""
 
 _DELTA_SEED = """SELECT 'b'::text AS _kind, NULL::text AS checkpoint_id, channel, type, blob, NULL::text AS task_id,
@@ -131,10 +138,13 @@ def _writes_ctes(batches: list[tuple[bool, list[tuple]]]) -> tuple[list[str], li
             elif key not in upserts and key not in inserts:
                 inserts[key] = row
     ctes, params = [], []
-    for name, rows, action in (("wu", upserts, _UPSERT), ("wi", inserts, "DO NOTHING")):
+    for name, rows, action in (
+        ("wu", list(upserts.values()), _UPSERT),
+        ("wi", packed_rows(list(inserts.values())), "DO NOTHING"),  # a task's writes in one row
+    ):
         if rows:
             ctes.append(_WRITES_CTE.format(name=name, action=action))
-            params += [list(column) for column in zip(*rows.values(), strict=True)]
+            params += [list(column) for column in zip(*rows, strict=True)]
     return ctes, params
 
 
@@ -207,6 +217,16 @@ class FencedPostgres(RemembersLastRun):
                 ctes.append(_RELEASE_CTE)
                 params += [fence.thread_id, fence.token]
             await self._write("\nSELECT 1 {source}", ctes, params, "FROM fence")
+
+    def _load_writes(self, writes):
+        return super()._load_writes(expand_loaded(writes))
+
+    async def _load_checkpoint_tuple(self, value) -> CheckpointTuple:
+        """The stock loader, its pending writes loaded inline instead of on a worker thread (a few KB: the hop cost
+        more than the work), with the stock values restored (graph/pglayout.py)."""
+        return loaded_tuple(
+            value, self._load_blobs(value["channel_values"]), self._load_writes(value["pending_writes"])
+        )
 
     def _lease_state(self) -> DeferredWrites | None:
         """The running step's held-back writes and reads, if this saver holds them (or none yet): the state it may
@@ -311,15 +331,15 @@ class FencedPostgres(RemembersLastRun):
                 if len(seeded) == len(channels) or len(page) < page_size:
                     break
                 cursor, first, page_size = oldest, False, min(page_size * 4, self.delta_max_page)
-            with_chain = [ch for ch in channels if chain[ch]]
+            ids = list(dict.fromkeys(cid for ch in channels for cid in chain[ch]))
             with_seed = [ch for ch in channels if seed_version[ch] is not None]
             rows = []
-            if with_chain or with_seed:
-                sql = " UNION ALL ".join([_DELTA_WRITES] * len(with_chain) + [_DELTA_SEED] * len(with_seed))
-                params = [x for ch in with_chain for x in (chain[ch], thread_id, checkpoint_ns, ch)]
+            if ids or with_seed:
+                sql = " UNION ALL ".join([_DELTA_WRITES] * bool(ids) + [_DELTA_SEED] * len(with_seed))
+                params = [ids, thread_id, checkpoint_ns, [*channels, PACK_CHANNEL]] if ids else []
                 params += [x for ch in with_seed for x in (thread_id, checkpoint_ns, ch, seed_version[ch])]
                 await cur.execute(sql, params)
-                rows = await cur.fetchall()
+                rows = expand_stage2(await cur.fetchall(), channels)
         return self._build_delta_channels_writes_history(
             channels=channels,
             chain_by_ch=chain,
@@ -358,8 +378,7 @@ class FencedPostgres(RemembersLastRun):
             checkpoint_ns,
             checkpoint["id"],
             parent_id,
-            Jsonb(copy),
-            Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+            *(Jsonb(part) for part in slim_row(copy, get_serializable_checkpoint_metadata(config, metadata))),
         ]
         await self._write(_PUT_CHECKPOINT, ctes, params, "FROM fence")
         return {

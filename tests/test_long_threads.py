@@ -3,7 +3,8 @@
 * every delta channel snapshots at least every ``SNAPSHOT_SUPERSTEPS`` supersteps (graph/checkpointer.py), so the
   walk from the head back to each channel's seed stays short even for logs written once per query;
 * redraft's walk (graph/pgsaver.py ``aget_delta_channel_history``) returns exactly what LangGraph's stock walk
-  returns, at the head, at old checkpoints and on a fork;
+  returns on a copy of the thread in the stock layout (tests/stock_layout.py), at the head, at old checkpoints and
+  on a fork;
 * snapshots are stored as plain msgpack + zstd (graph/serde.py), and rows in the previous format (LangGraph's
   msgpack extension, uncompressed) stay readable.
 """
@@ -23,6 +24,7 @@ from redraft.graph.checkpointer import SNAPSHOT_SUPERSTEPS, open_persistence
 from redraft.graph.runner import Runner
 from redraft.graph.serde import SafeSerializer
 from tests.conftest import make_settings, new_thread
+from tests.stock_layout import stock_copy
 
 DELTA_CHANNELS = ["run_log", "scores", "outcomes", "history", "truncations", "usage"]
 
@@ -46,9 +48,14 @@ def test_snapshots_round_trip_compressed_and_old_snapshots_stay_readable():
         serde.loads_typed(("snapshot", b"\xc1"))
 
 
-async def _histories(saver, config, channels) -> tuple[dict, dict]:
+async def _histories(saver, config, channels, stock_thread: str | None = None) -> tuple[dict, dict]:
+    """redraft's walk of ``config``, and the stock walk of the same checkpoint of ``stock_thread``, the thread's
+    copy in the stock layout (tests/stock_layout.py): the stock walk cannot read redraft's packed writes."""
     ours = await saver.aget_delta_channel_history(config=config, channels=channels)
-    stock = await AsyncPostgresSaver.aget_delta_channel_history(saver, config=config, channels=channels)
+    stock = None
+    if stock_thread is not None:
+        other = {"configurable": {**config["configurable"], "thread_id": stock_thread}}
+        stock = await AsyncPostgresSaver.aget_delta_channel_history(saver, config=other, channels=channels)
     return ours, stock
 
 
@@ -84,10 +91,13 @@ async def test_walk_matches_the_stock_walk_and_replays_a_bounded_number_of_write
         early = min(c for c, phase in phases.items() if phase == "needs_revision")
         fork_head = (await tt.fork(runner, thread, early, critique="A human critique on a branch."))["checkpoint_id"]
         assert fork_head not in ids
+        copy = new_thread()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            stock_copy(conn, thread, copy)
         targets = [ids[-1], ids[len(ids) // 2], ids[3], fork_head]
         for checkpoint_id in targets:
             config = {"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
-            ours, stock = await _histories(p.saver, config, DELTA_CHANNELS)
+            ours, stock = await _histories(p.saver, config, DELTA_CHANNELS, copy)
             assert _comparable(ours) == _comparable(stock), checkpoint_id
         head = {"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": ids[-1]}}
         ours, _ = await _histories(p.saver, head, DELTA_CHANNELS)

@@ -1,0 +1,93 @@
+"""redraft's compact PostgreSQL layout (graph/pglayout.py: a task's writes in one row, slimmer checkpoint rows) reads
+exactly as the stock layout.
+
+The PostgreSQL check copies a real thread into the stock layout (tests/stock_layout.py) and compares what redraft
+reads from the two at every checkpoint: state values (through the delta walk), next nodes, checkpoints, metadata
+and pending writes."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from redraft.errors import UnsafePayloadError
+from redraft.graph.checkpointer import open_persistence
+from redraft.graph.pglayout import COUNTERS, NULL_TASK_ID, PACK_CHANNEL, PACK_TYPE, pack, packed_rows, unpack
+from redraft.graph.runner import Runner
+from tests.conftest import make_settings, new_thread
+from tests.stock_layout import stock_copy
+
+
+def test_a_pack_round_trips_and_refuses_what_is_not_one():
+    writes = [
+        (0, "run_log", "json+zstd", b"\x28\xb5"),
+        (1, "usage", "json", b"[]"),
+        (2, "branch:to:revise", "null", b""),
+    ]
+    assert list(unpack(pack(writes))) == writes
+    assert list(unpack(pack([(7, "é", "json", '"ü"'.encode())]))) == [(7, "é", "json", '"ü"'.encode())]
+    blob = pack(writes)
+    for bad in (b"", b"\x02" + blob[1:], blob[:-3], blob[:5]):
+        with pytest.raises(UnsafePayloadError):
+            list(unpack(bad))
+
+
+def test_only_a_tasks_regular_writes_are_folded():
+    head = ("t", "", "c1")
+    rows = [
+        (*head, "task-a", "p", 0, "run_log", "json", b"1"),
+        (*head, "task-a", "p", -1, "__error__", "json", b"2"),  # special: stays a row (it is upserted)
+        (*head, "task-a", "p", 1, "usage", "json", b"3"),
+        (*head, "task-a", "p", 2, "__pregel_tasks", "json", b"4"),  # LangGraph's own channel
+        (*head, "task-b", "p", 0, "run_log", "json", b"5"),  # a single write
+        (*head, NULL_TASK_ID, "", 0, "run_log", "json", b"6"),  # the null task's writes are sent again as they grow
+        (*head, NULL_TASK_ID, "", 1, "usage", "json", b"7"),
+    ]
+    out = packed_rows(rows)
+    packs = [r for r in out if r[6] == PACK_CHANNEL]
+    assert len(packs) == 1 and packs[0][:7] == (*head, "task-a", "p", 0, PACK_CHANNEL) and packs[0][7] == PACK_TYPE
+    assert list(unpack(packs[0][8])) == [(0, "run_log", "json", b"1"), (1, "usage", "json", b"3")]
+    assert [r for r in out if r[6] != PACK_CHANNEL] == [rows[1], rows[3], rows[4], rows[5], rows[6]]
+    assert packed_rows(rows[4:5]) == rows[4:5]
+
+
+def _parent(snapshot) -> str | None:
+    return snapshot.parent_config and snapshot.parent_config["configurable"]["checkpoint_id"]
+
+
+@pytest.mark.postgres
+async def test_packed_threads_read_as_the_stock_layout(pg_url, stub):
+    stub.configure(changes=[30])
+    settings = make_settings(pg_url, stub)
+    thread, plain = new_thread(), new_thread()
+    async with open_persistence(settings) as p:
+        runner = Runner(p, settings)
+        await runner.refine(thread, "generic", "Packed writes.", max_loops=20, similarity_threshold=1.0)
+        await runner.draft(thread, "generic", "A second query, by steps.")  # steps stop at gates (interrupts)
+        await runner.critique(thread)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            per_task = conn.execute(
+                "SELECT channel, count(*) FROM checkpoint_writes WHERE thread_id = %s GROUP BY checkpoint_id, "
+                "task_id, channel",
+                (thread,),
+            ).fetchall()
+            expanded = stock_copy(conn, thread, plain)
+            stored = conn.execute("SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s", (thread,)).fetchone()
+            metadata = conn.execute("SELECT metadata FROM checkpoints WHERE thread_id = %s", (thread,)).fetchall()
+        # each task's run_log, usage, scores and routing writes are one row: ~4 stock rows per durable step
+        assert {ch for ch, _ in per_task} >= {PACK_CHANNEL} and all(n == 1 for _, n in per_task)
+        assert expanded >= 3 * stored[0] > 0
+        assert any(isinstance(m.get(COUNTERS), str) for (m,) in metadata)  # the slim form is what is stored
+
+        ours = [s async for s in runner.graph.aget_state_history(runner.config(thread))]
+        stock = [s async for s in runner.graph.aget_state_history(runner.config(plain))]
+        assert len(ours) == len(stock) > 40
+        for a, b in zip(ours, stock, strict=True):
+            assert a.config["configurable"]["checkpoint_id"] == b.config["configurable"]["checkpoint_id"]
+            assert a.values == b.values and a.next == b.next
+            ta = await p.saver.aget_tuple(a.config)
+            tb = await p.saver.aget_tuple(b.config)
+            assert ta.pending_writes == tb.pending_writes
+            assert ta.checkpoint == tb.checkpoint, (ta.checkpoint, tb.checkpoint)
+            assert ta.metadata == tb.metadata, (ta.metadata, tb.metadata)
+            assert _parent(ta) == _parent(tb) == _parent(a)
