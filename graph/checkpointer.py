@@ -247,6 +247,7 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
         saver = saver_type(pool, serde=serde)
         saver.statement_timeout = settings.db_statement_timeout
         saver.heads.max_items = settings.head_cache_items
+        saver.compact = settings.db_compact_layout
         await saver.setup()
         db = PostgresDatabase(pool)
         db.statement_timeout = settings.db_statement_timeout

@@ -181,9 +181,9 @@ def full_metadata(metadata: dict) -> dict:
     return {**metadata, COUNTERS: expanded}
 
 
-def slim_row(checkpoint: dict, metadata: dict) -> tuple[dict, dict]:
-    """The checkpoint and metadata columns of a row, as stored."""
-    return slim_checkpoint(checkpoint), slim_metadata(metadata)
+def slim_row(checkpoint: dict, metadata: dict, compact: bool = True) -> tuple[dict, dict]:
+    """The checkpoint and metadata columns of a row as stored: slimmed when ``compact``, else as the stock saver's."""
+    return (slim_checkpoint(checkpoint), slim_metadata(metadata)) if compact else (checkpoint, metadata)
 
 
 def loaded_tuple(row: dict, blobs: dict, writes: list) -> CheckpointTuple:

@@ -123,10 +123,11 @@ def _forget_reads() -> None:
         deferred.forget_reads()
 
 
-def _writes_ctes(batches: list[tuple[bool, list[tuple]]]) -> tuple[list[str], list]:
+def _writes_ctes(batches: list[tuple[bool, list[tuple]]], compact: bool) -> tuple[list[str], list]:
     """CTEs inserting pending-write rows (thread, ns, checkpoint, task, path, idx, channel, type, blob), as the
     stock saver would over its calls in order: a batch of special writes (upsert) replaces a row, any other batch
-    keeps the row already there. Rows are merged per key first, since one statement may touch a row only once."""
+    keeps the row already there. Rows are merged per key first, since one statement may touch a row only once;
+    then, when ``compact``, a task's regular writes are folded into one row (graph/pglayout.py)."""
     upserts: dict[tuple, tuple] = {}
     inserts: dict[tuple, tuple] = {}
     for upsert, rows in batches:
@@ -140,7 +141,7 @@ def _writes_ctes(batches: list[tuple[bool, list[tuple]]]) -> tuple[list[str], li
     ctes, params = [], []
     for name, rows, action in (
         ("wu", list(upserts.values()), _UPSERT),
-        ("wi", packed_rows(list(inserts.values())), "DO NOTHING"),  # a task's writes in one row
+        ("wi", packed_rows(list(inserts.values())) if compact else list(inserts.values()), "DO NOTHING"),
     ):
         if rows:
             ctes.append(_WRITES_CTE.format(name=name, action=action))
@@ -152,6 +153,7 @@ class FencedPostgres(RemembersLastRun):
     """Mixed in before ``AsyncPostgresSaver`` (see the module docstring)."""
 
     statement_timeout = 30.0
+    compact = True  # write graph/pglayout.py's compact rows (settings.db_compact_layout); reads take both layouts
 
     @contextlib.asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
@@ -211,7 +213,7 @@ class FencedPostgres(RemembersLastRun):
 
     async def _send_writes(self, batches: list[tuple[bool, list[tuple]]], release: bool = False) -> None:
         if batches:
-            ctes, params = _writes_ctes(batches)
+            ctes, params = _writes_ctes(batches, self.compact)
             fence = FENCE.get()
             if release and fence is not None:
                 ctes.append(_RELEASE_CTE)
@@ -366,7 +368,7 @@ class FencedPostgres(RemembersLastRun):
         deferred = DEFERRED.get()
         ctes, params = [], []
         if deferred is not None and deferred.batches and deferred.saver is self:  # the step's writes ride along
-            ctes, params = _writes_ctes(deferred.batches)
+            ctes, params = _writes_ctes(deferred.batches, self.compact)
             deferred.batches = []
         if blobs := self._dump_blobs(
             thread_id, checkpoint_ns, blob_values, {k: v for k, v in new_versions.items() if k in blob_values}
@@ -378,7 +380,10 @@ class FencedPostgres(RemembersLastRun):
             checkpoint_ns,
             checkpoint["id"],
             parent_id,
-            *(Jsonb(part) for part in slim_row(copy, get_serializable_checkpoint_metadata(config, metadata))),
+            *(
+                Jsonb(part)
+                for part in slim_row(copy, get_serializable_checkpoint_metadata(config, metadata), self.compact)
+            ),
         ]
         await self._write(_PUT_CHECKPOINT, ctes, params, "FROM fence")
         return {

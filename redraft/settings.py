@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # recently used first out: ~1 KB per entry with ~2.8 KB revisions (measured), ~20 MB at the default; 0 turns it
     # off (every step walks).
     head_cache_items: int = Field(default=20_000, ge=0)
+    # PostgreSQL rows in redraft's compact layout (graph/pglayout.py: a step's writes in one row, slimmer checkpoint
+    # rows). Reads take both layouts whatever this says; false writes the stock layout, which releases from before
+    # the compact layout can read: set it on the new release while older replicas still run, then turn it on.
+    db_compact_layout: bool = True
 
     # The model: any OpenAI-compatible endpoint. The endpoint and key fall back to the standard OPENAI_BASE_URL and
     # OPENAI_API_KEY when the REDRAFT_* ones are unset (REDRAFT_* wins when both are set).

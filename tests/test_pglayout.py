@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from redraft.errors import UnsafePayloadError
 from redraft.graph.checkpointer import open_persistence
@@ -55,6 +56,26 @@ def _parent(snapshot) -> str | None:
     return snapshot.parent_config and snapshot.parent_config["configurable"]["checkpoint_id"]
 
 
+async def _assert_reads_as(runner: Runner, thread: str, plain: str, reader=None) -> None:
+    """Every checkpoint of ``thread`` reads as the same checkpoint of ``plain``, its copy in the stock layout, and
+    (given ``reader``, another saver) as ``reader`` reads it."""
+    saver = runner.persistence.saver
+    ours = [s async for s in runner.graph.aget_state_history(runner.config(thread))]
+    stock = [s async for s in runner.graph.aget_state_history(runner.config(plain))]
+    assert len(ours) == len(stock) > 10
+    for a, b in zip(ours, stock, strict=True):
+        assert a.config["configurable"]["checkpoint_id"] == b.config["configurable"]["checkpoint_id"]
+        assert a.values == b.values and a.next == b.next
+        ta, tb = await saver.aget_tuple(a.config), await saver.aget_tuple(b.config)
+        assert ta.pending_writes == tb.pending_writes
+        assert ta.checkpoint == tb.checkpoint, (ta.checkpoint, tb.checkpoint)
+        assert ta.metadata == tb.metadata, (ta.metadata, tb.metadata)
+        assert _parent(ta) == _parent(tb) == _parent(a)
+        if reader is not None:
+            tr = await reader.aget_tuple(a.config)
+            assert (tr.checkpoint, tr.metadata, tr.pending_writes) == (ta.checkpoint, ta.metadata, ta.pending_writes)
+
+
 @pytest.mark.postgres
 async def test_packed_threads_read_as_the_stock_layout(pg_url, stub):
     stub.configure(changes=[30])
@@ -79,15 +100,48 @@ async def test_packed_threads_read_as_the_stock_layout(pg_url, stub):
         assert expanded >= 3 * stored[0] > 0
         assert any(isinstance(m.get(COUNTERS), str) for (m,) in metadata)  # the slim form is what is stored
 
-        ours = [s async for s in runner.graph.aget_state_history(runner.config(thread))]
-        stock = [s async for s in runner.graph.aget_state_history(runner.config(plain))]
-        assert len(ours) == len(stock) > 40
-        for a, b in zip(ours, stock, strict=True):
-            assert a.config["configurable"]["checkpoint_id"] == b.config["configurable"]["checkpoint_id"]
-            assert a.values == b.values and a.next == b.next
-            ta = await p.saver.aget_tuple(a.config)
-            tb = await p.saver.aget_tuple(b.config)
-            assert ta.pending_writes == tb.pending_writes
-            assert ta.checkpoint == tb.checkpoint, (ta.checkpoint, tb.checkpoint)
-            assert ta.metadata == tb.metadata, (ta.metadata, tb.metadata)
-            assert _parent(ta) == _parent(tb) == _parent(a)
+        await _assert_reads_as(runner, thread, plain)
+        pending = [
+            (await p.saver.aget_tuple(s.config)).pending_writes
+            async for s in runner.graph.aget_state_history(runner.config(thread))
+        ]
+        assert sum(map(bool, pending)) > 20  # checkpoints with pending writes (the packs) were compared
+
+
+@pytest.mark.postgres
+async def test_the_stock_layout_setting_writes_rows_the_stock_saver_reads_and_a_thread_may_mix_both(pg_url, stub):
+    """``REDRAFT_DB_COMPACT_LAYOUT=false`` (a rolling upgrade: older replicas still read the database) writes the
+    stock layout; turned on later, the same thread goes on in the compact one and reads whole."""
+    stub.configure(changes=[30])
+    thread, plain = new_thread(), new_thread()
+    stock_settings = make_settings(pg_url, stub, db_compact_layout=False)
+    async with open_persistence(stock_settings) as p:
+        runner = Runner(p, stock_settings)
+        await runner.refine(thread, "generic", "Stock rows first.", max_loops=4, similarity_threshold=1.0)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            packs = conn.execute(
+                "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s AND channel = %s", (thread, PACK_CHANNEL)
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT checkpoint_id, checkpoint, metadata FROM checkpoints WHERE thread_id = %s", (thread,)
+            ).fetchall()
+            stock_copy(conn, thread, plain)
+        assert packs == (0,) and len(rows) > 5
+        assert all(cp["id"] == cid and not isinstance(md.get(COUNTERS), str) for cid, cp, md in rows)
+        # the stock saver (what a release from before the compact layout runs) reads what redraft reads
+        await _assert_reads_as(runner, thread, plain, reader=AsyncPostgresSaver(p.saver.conn, serde=p.saver.serde))
+
+    settings = make_settings(pg_url, stub)
+    async with open_persistence(settings) as p:
+        runner = Runner(p, settings)
+        result = await runner.refine(thread, "generic", "Then compact rows.", max_loops=4, similarity_threshold=1.0)
+        assert len(result["slot"]["revision"]) == 4 and (result["slot_index"], result["slots"]) == (1, 2)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
+                conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (plain,))
+            stock_copy(conn, thread, plain)
+            packs = conn.execute(
+                "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s AND channel = %s", (thread, PACK_CHANNEL)
+            ).fetchone()
+        assert packs[0] > 0
+        await _assert_reads_as(runner, thread, plain)
