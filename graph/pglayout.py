@@ -6,8 +6,10 @@ restores the stock values, so LangGraph, Studio and the conformance suite see wh
 **A task's writes in one row.** A durable step's task writes four channels (``run_log``, ``usage``, ``scores`` and
 LangGraph's ``branch:to:*`` edge), each a row of ~175 bytes before its value: the thread, checkpoint and task ids
 and the task path, repeated (at 50 loops, ~16% of a thread's bytes). So a task's regular writes of one call are
-ONE row: channel ``PACK_CHANNEL``, type ``PACK_TYPE``, its primary key the batch's first ``idx``, and a blob holding
-each write's ``idx``, channel, serde type and serde bytes, unchanged. Readers expand a pack into the rows it stands
+ONE row: type ``PACK_TYPE``, channel ``PACK_PREFIX`` followed by the channels it holds, comma-separated (so the delta
+walk can fetch a pack only where one of the channels it reads was written: a channel's walk may span a thousand
+checkpoints where it was never written), its primary key the batch's first ``idx``, and a blob holding each write's
+``idx``, channel, serde type and serde bytes, unchanged. Readers expand a pack into the rows it stands
 for, in the stock order. Special writes (errors, interrupts, resumes: negative ``idx``, upserted), LangGraph's own
 ``__``-prefixed channels, the null task's writes (LangGraph sends those again as they accumulate) and single writes
 stay plain rows. A write kept both in a pack and as a plain row (possible only if one task's writes were sent twice
@@ -29,7 +31,7 @@ from langgraph.checkpoint.base import CheckpointTuple
 
 from redraft.errors import UnsafePayloadError
 
-PACK_CHANNEL = "__redraft_pack__"
+PACK_PREFIX = "__redraft_pack__:"
 PACK_TYPE = "pack"
 NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"  # langgraph._internal._constants (private there)
 _VERSION = 1
@@ -38,7 +40,17 @@ _HEAD = struct.Struct(">iBBI")
 
 def packable(channel: str, idx: int, blob: bytes | None) -> bool:
     """Whether a write may go into a pack: a regular write (not special, not LangGraph's own channel) with bytes."""
-    return idx >= 0 and blob is not None and not channel.startswith("__") and len(channel.encode()) < 256
+    return (
+        idx >= 0
+        and blob is not None
+        and not channel.startswith("__")
+        and "," not in channel
+        and len(channel.encode()) < 256
+    )
+
+
+def is_pack(channel: str, type_: str) -> bool:
+    return type_ == PACK_TYPE and channel.startswith(PACK_PREFIX)
 
 
 def pack(writes: Iterable[tuple[int, str, str, bytes]]) -> bytes:
@@ -91,38 +103,41 @@ def packed_rows(rows: list[tuple]) -> list[tuple]:
             done.add(key)
             members.sort(key=lambda r: r[5])
             blob = pack((r[5], r[6], r[7], r[8]) for r in members)
-            out.append((*key, members[0][5], PACK_CHANNEL, PACK_TYPE, blob))
+            channels = PACK_PREFIX + ",".join(dict.fromkeys(r[6] for r in members))
+            out.append((*key, members[0][5], channels, PACK_TYPE, blob))
     return out
 
 
-_PACK_CHANNEL_B, _PACK_TYPE_B = PACK_CHANNEL.encode(), PACK_TYPE.encode()
+_PACK_PREFIX_B, _PACK_TYPE_B = PACK_PREFIX.encode(), PACK_TYPE.encode()
+
+
+def _is_pack_b(channel: bytes, type_: bytes) -> bool:
+    return type_ == _PACK_TYPE_B and channel.startswith(_PACK_PREFIX_B)
 
 
 def expand_loaded(rows: list | None) -> list | None:
     """The stock saver's pending-write rows of one checkpoint, ``(task_id, channel, type, blob, task_path, idx)`` as
     bytes, with each pack replaced by the rows it holds."""
-    if not rows or not any(r[1] == _PACK_CHANNEL_B and r[2] == _PACK_TYPE_B for r in rows):
+    if not rows or not any(_is_pack_b(r[1], r[2]) for r in rows):
         return rows
     out, packed = [], set()
     for r in rows:
-        if r[1] == _PACK_CHANNEL_B and r[2] == _PACK_TYPE_B:
+        if _is_pack_b(r[1], r[2]):
             for idx, channel, type_, blob in unpack(r[3]):
                 packed.add((r[0], idx))
                 out.append((r[0], channel.encode(), type_.encode(), blob, r[4], str(idx).encode()))
-    out += [
-        r for r in rows if not (r[1] == _PACK_CHANNEL_B and r[2] == _PACK_TYPE_B) and (r[0], int(r[5])) not in packed
-    ]
+    out += [r for r in rows if not _is_pack_b(r[1], r[2]) and (r[0], int(r[5])) not in packed]
     return out
 
 
 def expand_stage2(rows: list[dict], channels: Iterable[str]) -> list[dict]:
     """The delta walk's second-stage rows (graph/pgsaver.py) with each pack replaced by its writes to ``channels``."""
-    if not any(r["channel"] == PACK_CHANNEL and r["type"] == PACK_TYPE for r in rows):
+    if not any(is_pack(r["channel"], r["type"]) for r in rows):
         return rows
     wanted = set(channels)
     out, packed = [], set()
     for r in rows:
-        if r["channel"] == PACK_CHANNEL and r["type"] == PACK_TYPE:
+        if is_pack(r["channel"], r["type"]):
             for idx, channel, type_, blob in unpack(r["blob"]):
                 packed.add((r["checkpoint_id"], r["task_id"], idx))
                 if channel in wanted:
@@ -130,7 +145,7 @@ def expand_stage2(rows: list[dict], channels: Iterable[str]) -> list[dict]:
     out += [
         r
         for r in rows
-        if not (r["channel"] == PACK_CHANNEL and r["type"] == PACK_TYPE)
+        if not is_pack(r["channel"], r["type"])
         and (r["_kind"] != "w" or (r["checkpoint_id"], r["task_id"], r["idx"]) not in packed)
     ]
     return out

@@ -56,7 +56,7 @@ from redraft.errors import RedraftError
 from redraft.graph.database import is_driver_error, storage_error
 from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, deadline, is_lease_lost, lease_lost
 from redraft.graph.headcache import RemembersLastRun
-from redraft.graph.pglayout import PACK_CHANNEL, expand_loaded, expand_stage2, loaded_tuple, packed_rows, slim_row
+from redraft.graph.pglayout import PACK_PREFIX, expand_loaded, expand_stage2, loaded_tuple, packed_rows, slim_row
 from redraft.observability import metrics
 
 _FENCE_CTE = "fence AS (SELECT redraft_fence_check(%s, %s))"
@@ -87,16 +87,19 @@ _WRITES_CTE = """{name} AS (
     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {action}
 )"""
 
-# Stage 2 of the delta walk: the channels' writes (and packs, graph/pglayout.py) at the checkpoints of their chains,
-# one primary-key probe per checkpoint id (the OFFSET 0 keeps the planner from flattening the lateral subquery into a
-# join). The stock form (``checkpoint_id = ANY(%s)``, per channel) let the planner scan and hash every write row of
-# the thread, ~4,000 rows at 1,000 checkpoints, where a chain holds ~30 ids. A row at an id outside a channel's own
-# chain is ignored when the histories are built.
+# Stage 2 of the delta walk: at each checkpoint of the channels' chains, the rows of the channels whose chain holds
+# it, and the packs holding one of them (graph/pglayout.py: a pack's channel names them), one primary-key probe per
+# checkpoint id (the OFFSET 0 keeps the planner from flattening the lateral subquery into a join). The stock form
+# (``checkpoint_id = ANY(%s)``, per channel) let the planner scan and hash every write row of the thread, ~4,000 rows
+# at 1,000 checkpoints, where a chain holds ~30 ids.
 _DELTA_WRITES = """SELECT 'w'::text AS _kind, w.checkpoint_id, w.channel, w.type, w.blob, w.task_id, w.task_path, w.idx,
     NULL::text AS version
-FROM unnest(%s::text[]) AS c(id) CROSS JOIN LATERAL (
+FROM (SELECT id, array_agg(ch) AS chs FROM unnest(%s::text[], %s::text[]) AS p(id, ch) GROUP BY id) AS c
+CROSS JOIN LATERAL (
     SELECT * FROM checkpoint_writes
-    WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = c.id AND channel = ANY(%s::text[]) OFFSET 0
+    WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = c.id AND (channel = ANY(c.chs)
+        OR (starts_with(channel, %s) AND string_to_array(substr(channel, %s), ',') && c.chs))
+    OFFSET 0
 ) AS w"""
 
 _DELTA_SEED = """SELECT 'b'::text AS _kind, NULL::text AS checkpoint_id, channel, type, blob, NULL::text AS task_id,
@@ -333,12 +336,13 @@ class FencedPostgres(RemembersLastRun):
                 if len(seeded) == len(channels) or len(page) < page_size:
                     break
                 cursor, first, page_size = oldest, False, min(page_size * 4, self.delta_max_page)
-            ids = list(dict.fromkeys(cid for ch in channels for cid in chain[ch]))
+            pairs = [(cid, ch) for ch in channels for cid in chain[ch]]
             with_seed = [ch for ch in channels if seed_version[ch] is not None]
             rows = []
-            if ids or with_seed:
-                sql = " UNION ALL ".join([_DELTA_WRITES] * bool(ids) + [_DELTA_SEED] * len(with_seed))
-                params = [ids, thread_id, checkpoint_ns, [*channels, PACK_CHANNEL]] if ids else []
+            if pairs or with_seed:
+                sql = " UNION ALL ".join([_DELTA_WRITES] * bool(pairs) + [_DELTA_SEED] * len(with_seed))
+                params = [*map(list, zip(*pairs, strict=True)), thread_id, checkpoint_ns] if pairs else []
+                params += [PACK_PREFIX, len(PACK_PREFIX) + 1] if pairs else []
                 params += [x for ch in with_seed for x in (thread_id, checkpoint_ns, ch, seed_version[ch])]
                 await cur.execute(sql, params)
                 rows = expand_stage2(await cur.fetchall(), channels)

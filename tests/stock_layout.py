@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from psycopg.types.json import Jsonb
 
-from redraft.graph.pglayout import PACK_CHANNEL, full_checkpoint, full_metadata, unpack
+from redraft.graph.pglayout import PACK_PREFIX, full_checkpoint, full_metadata, unpack
 
 
 def stock_copy(conn, source: str, target: str) -> int:
@@ -34,7 +34,7 @@ def stock_copy(conn, source: str, target: str) -> int:
         "WHERE thread_id = %s",
         (source,),
     ).fetchall():
-        stored = list(unpack(blob)) if channel == PACK_CHANNEL else [(idx, channel, type_, blob)]
+        stored = list(unpack(blob)) if channel.startswith(PACK_PREFIX) else [(idx, channel, type_, blob)]
         for i, ch, t, b in stored:
             written += conn.execute(
                 "INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, "

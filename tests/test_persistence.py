@@ -16,7 +16,7 @@ import pytest
 from redraft.errors import ConfigError, StorageError, UnsafePayloadError
 from redraft.graph.checkpointer import backend_of, open_persistence
 from redraft.graph.companions import get_companion
-from redraft.graph.pglayout import PACK_CHANNEL, pack, unpack
+from redraft.graph.pglayout import PACK_PREFIX, pack, unpack
 from redraft.graph.runner import Runner
 from redraft.graph.serde import SafeSerializer
 from redraft.settings import load_settings
@@ -70,8 +70,9 @@ async def _tamper(db_url: str, thread: str, type_: str, blob: bytes) -> None:
                 (type_, blob, thread),
             ).rowcount
             packs = conn.execute(
-                "SELECT checkpoint_id, task_id, idx, blob FROM checkpoint_writes WHERE thread_id = %s AND channel = %s",
-                (thread, PACK_CHANNEL),
+                "SELECT checkpoint_id, task_id, idx, blob FROM checkpoint_writes "
+                "WHERE thread_id = %s AND starts_with(channel, %s)",
+                (thread, PACK_PREFIX),
             ).fetchall()
             for checkpoint_id, task_id, idx, packed in packs:
                 writes = [(i, ch, *((type_, blob) if ch == "run_log" else (t, b))) for i, ch, t, b in unpack(packed)]

@@ -12,8 +12,9 @@ import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from redraft.errors import UnsafePayloadError
+from redraft.graph import pgsaver
 from redraft.graph.checkpointer import open_persistence
-from redraft.graph.pglayout import COUNTERS, NULL_TASK_ID, PACK_CHANNEL, PACK_TYPE, pack, packed_rows, unpack
+from redraft.graph.pglayout import COUNTERS, NULL_TASK_ID, PACK_PREFIX, PACK_TYPE, pack, packed_rows, unpack
 from redraft.graph.runner import Runner
 from tests.conftest import make_settings, new_thread
 from tests.stock_layout import stock_copy
@@ -45,10 +46,11 @@ def test_only_a_tasks_regular_writes_are_folded():
         (*head, NULL_TASK_ID, "", 1, "usage", "json", b"7"),
     ]
     out = packed_rows(rows)
-    packs = [r for r in out if r[6] == PACK_CHANNEL]
-    assert len(packs) == 1 and packs[0][:7] == (*head, "task-a", "p", 0, PACK_CHANNEL) and packs[0][7] == PACK_TYPE
+    packs = [r for r in out if r[6].startswith(PACK_PREFIX)]
+    assert len(packs) == 1 and packs[0][:7] == (*head, "task-a", "p", 0, PACK_PREFIX + "run_log,usage")
+    assert packs[0][7] == PACK_TYPE
     assert list(unpack(packs[0][8])) == [(0, "run_log", "json", b"1"), (1, "usage", "json", b"3")]
-    assert [r for r in out if r[6] != PACK_CHANNEL] == [rows[1], rows[3], rows[4], rows[5], rows[6]]
+    assert [r for r in out if not r[6].startswith(PACK_PREFIX)] == [rows[1], rows[3], rows[4], rows[5], rows[6]]
     assert packed_rows(rows[4:5]) == rows[4:5]
 
 
@@ -88,15 +90,15 @@ async def test_packed_threads_read_as_the_stock_layout(pg_url, stub):
         await runner.critique(thread)
         with psycopg.connect(pg_url, autocommit=True) as conn:
             per_task = conn.execute(
-                "SELECT channel, count(*) FROM checkpoint_writes WHERE thread_id = %s GROUP BY checkpoint_id, "
-                "task_id, channel",
-                (thread,),
+                "SELECT count(*) FILTER (WHERE idx >= 0), bool_or(starts_with(channel, %s)) FROM checkpoint_writes "
+                "WHERE thread_id = %s GROUP BY checkpoint_id, task_id",
+                (PACK_PREFIX, thread),
             ).fetchall()
             expanded = stock_copy(conn, thread, plain)
             stored = conn.execute("SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s", (thread,)).fetchone()
             metadata = conn.execute("SELECT metadata FROM checkpoints WHERE thread_id = %s", (thread,)).fetchall()
         # each task's run_log, usage, scores and routing writes are one row: ~4 stock rows per durable step
-        assert {ch for ch, _ in per_task} >= {PACK_CHANNEL} and all(n == 1 for _, n in per_task)
+        assert any(packed for _, packed in per_task) and all(regular <= 1 for regular, _ in per_task)
         assert expanded >= 3 * stored[0] > 0
         assert any(isinstance(m.get(COUNTERS), str) for (m,) in metadata)  # the slim form is what is stored
 
@@ -120,7 +122,8 @@ async def test_the_stock_layout_setting_writes_rows_the_stock_saver_reads_and_a_
         await runner.refine(thread, "generic", "Stock rows first.", max_loops=4, similarity_threshold=1.0)
         with psycopg.connect(pg_url, autocommit=True) as conn:
             packs = conn.execute(
-                "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s AND channel = %s", (thread, PACK_CHANNEL)
+                "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s AND starts_with(channel, %s)",
+                (thread, PACK_PREFIX),
             ).fetchone()
             rows = conn.execute(
                 "SELECT checkpoint_id, checkpoint, metadata FROM checkpoints WHERE thread_id = %s", (thread,)
@@ -141,7 +144,35 @@ async def test_the_stock_layout_setting_writes_rows_the_stock_saver_reads_and_a_
                 conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (plain,))
             stock_copy(conn, thread, plain)
             packs = conn.execute(
-                "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s AND channel = %s", (thread, PACK_CHANNEL)
+                "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s AND starts_with(channel, %s)",
+                (thread, PACK_PREFIX),
             ).fetchone()
         assert packs[0] > 0
         await _assert_reads_as(runner, thread, plain)
+
+
+@pytest.mark.postgres
+async def test_the_delta_walk_fetches_only_the_packs_that_hold_a_channel_it_reads(pg_url, stub, monkeypatch):
+    """A channel's walk can span the whole thread where it was never written (here ``outcomes``, first written at the
+    end of the query): every checkpoint on the way holds a pack of the other channels, and none is fetched."""
+    stub.configure(changes=[30])
+    settings = make_settings(pg_url, stub)
+    thread = new_thread()
+    fetched: list[dict] = []
+    expand = pgsaver.expand_stage2
+    monkeypatch.setattr(pgsaver, "expand_stage2", lambda rows, channels: expand(fetched.extend(rows) or rows, channels))
+    async with open_persistence(settings) as p:
+        runner = Runner(p, settings)
+        await runner.refine(thread, "generic", "A long query.", max_loops=30, similarity_threshold=1.0)
+        ids = [
+            s.config["configurable"]["checkpoint_id"]
+            async for s in runner.graph.aget_state_history(runner.config(thread))
+        ]
+        late = {"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": ids[2]}}
+        fetched.clear()
+        history = await p.saver.aget_delta_channel_history(config=late, channels=["outcomes", "run_log"])
+        assert history["outcomes"]["writes"] == [] and "seed" not in history["outcomes"]
+        assert fetched and all(not r["channel"].startswith(PACK_PREFIX) or "run_log" in r["channel"] for r in fetched)
+        packs = [r for r in fetched if r["channel"].startswith(PACK_PREFIX)]
+        # run_log's own chain (a snapshot every 32 updates), not outcomes' (back to the thread's start)
+        assert 0 < len(packs) <= 33 and len(ids) > 60, (len(packs), len(ids))
