@@ -131,7 +131,7 @@ def test_serializer_round_trips_json_and_refuses_pickle():
 async def test_storage_grows_linearly_on_postgres(pg_url, stub):
     """Total bytes for a thread stay within 1.45x of its text at 50 loops (a plain list reducer is ~25x).
 
-    Measured 1.35x: the compressed text (~0.3x), each step's checkpoint row, its task's writes in one row
+    Measured 1.37x: the compressed text (~0.3x), each step's checkpoint row, its task's writes in one row
     (graph/pglayout.py; 1.67x when each write was a row of its own) with the per-call usage and critic-score logs,
     and the delta channels' snapshots every 32 updates for flat long-thread reads (~0.17x; issue 19). Quadratic growth
     would still fail it by far; issue 19's own target (<= 1.0x) is reported, not met, by `make bench`.
