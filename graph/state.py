@@ -8,7 +8,9 @@ Nodes never write whole slots. They write small *events* (``open``, ``draft``, `
 for forks and human edits, ``edit_critique`` / ``edit_revision``) into a ``DeltaChannel``, which stores each event
 once in the checkpoint writes and rebuilds the list by replaying them. Storage therefore grows with the text
 written, not with ``iterations x text`` as a plain list reducer would. ``scores``, ``outcomes``, ``history``,
-``truncations`` and ``usage`` are append-only logs on the same channel type.
+``truncations`` and ``usage`` are append-only logs on the same channel type. A revision close to the text before it
+is stored as a patch against that text (``revision_event``, graph/textpatch.py); the reducer restores it, so the
+state always holds whole texts.
 
 The phase of a slot is read from its array lengths, never stored.
 """
@@ -23,6 +25,8 @@ from langgraph.channels.delta import DeltaChannel
 # typing_extensions' TypedDict, not typing's: pydantic (behind LangGraph Studio's schemas) refuses typing.TypedDict
 # below Python 3.12.
 from typing_extensions import TypedDict
+
+from redraft.graph import textpatch
 
 # A full snapshot of a delta channel every 32 updates: a read replays at most ~32 writes per channel, so the head of a
 # 1,000-checkpoint thread reads about as fast as a short one's. Snapshots are compressed (graph/serde.py; ~150 bytes
@@ -89,10 +93,20 @@ def apply_run_log_events(slots: list[Slot], writes: Sequence[Any]) -> list[Slot]
             elif op == "edit_revision":
                 slot["revision"][-1] = event["text"]
             elif op == "revision":
-                slot["revision"].append(event["text"])
+                slot["revision"].append(_revision_text(event, slot))
             else:
                 raise ValueError(f"unknown run_log event {op!r}")
     return slots
+
+
+def _revision_text(event: dict, slot: Slot) -> str:
+    """A revision event's text: whole, or a patch against the slot's current text (graph/textpatch.py)."""
+    if "patch" not in event:
+        return event["text"]
+    try:
+        return textpatch.decode(current_text(slot), event["patch"])
+    except ValueError as exc:
+        raise ValueError(f"run_log revision #{event.get('n')} of slot {event.get('slot')}: {exc}") from None
 
 
 _EXPECTED_N = {
@@ -127,6 +141,13 @@ def event(op: str, slot: int, n: int | None = None, **fields: Any) -> dict:
     """A run_log event. ``slot`` and ``n`` (1-based critique/revision number) make each write self-describing, so
     history can summarise a checkpoint from its writes without replaying the channel."""
     return {"op": op, "slot": slot, **({"n": n} if n is not None else {}), **fields}
+
+
+def revision_event(slot: int, n: int, text: str, base: str | None, patch: bool = True) -> dict:
+    """The event of revision ``n``: stored as a patch against ``base`` (the slot's current text) when ``patch`` and
+    it pays (graph/textpatch.py), else whole. The reducer reads both."""
+    encoded = textpatch.encode(base, text) if patch else None
+    return event("revision", slot, n, patch=encoded) if encoded is not None else event("revision", slot, n, text=text)
 
 
 def extend(items: list, writes: Sequence[Any]) -> list:

@@ -6,7 +6,15 @@ from langgraph.runtime import Runtime
 
 from redraft.errors import PhaseError
 from redraft.graph.convergence import decide_after_revision
-from redraft.graph.state import RedraftState, apply_run_log_events, current_text, event, phase_of, scores_for
+from redraft.graph.state import (
+    RedraftState,
+    apply_run_log_events,
+    current_text,
+    event,
+    phase_of,
+    revision_event,
+    scores_for,
+)
 from redraft.nodes.context import context_of
 from redraft.nodes.critique import finish
 from redraft.nodes.embeddings import similarity_of
@@ -40,7 +48,8 @@ async def revise(state: RedraftState, runtime: Runtime) -> dict:
         hint = "pass your own revision (revise with a text), or fork from this checkpoint with a shorter critique"
         reply = await ctx.models.complete(slot["sampling"], messages, "revision", overflow_hint=hint)
     text = reply.text
-    events.append(event("revision", index, iteration, text=text))
+    # a patch against the previous version when it pays; releases before the compact layout read only whole texts
+    events.append(revision_event(index, iteration, text, previous, patch=ctx.settings.db_compact_layout))
 
     # text similarity scores big texts off the event loop; embedding similarity falls back to it (and says so)
     score, method = await similarity_of(ctx.settings, previous, text)

@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     # off (every step walks).
     head_cache_items: int = Field(default=20_000, ge=0)
     # PostgreSQL rows in redraft's compact layout (graph/pglayout.py: a step's writes in one row, slimmer checkpoint
-    # rows). Reads take both layouts whatever this says; false writes the stock layout, which releases from before
-    # the compact layout can read: set it on the new release while older replicas still run, then turn it on.
+    # rows), and revisions stored as patches against the text before them (graph/textpatch.py, on any saver). Reads
+    # take both whatever this says; false writes what releases from before the compact layout can read: set it on
+    # the new release while older replicas still run, then turn it on.
     db_compact_layout: bool = True
 
     # The model: any OpenAI-compatible endpoint. The endpoint and key fall back to the standard OPENAI_BASE_URL and
