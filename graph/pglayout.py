@@ -14,7 +14,11 @@ for, in the stock order. Special writes (errors, interrupts, resumes: negative `
 ``__``-prefixed channels, the null task's writes (LangGraph sends those again as they accumulate) and single writes
 stay plain rows. A write kept both in a pack and as a plain row (possible only if one task's writes were sent twice
 with different lengths) is read once, the pack's. Blob: a version byte, then per write ``>iBBI`` (idx, channel
-length, type length, value length), channel, type, value.
+length, type length, value length), channel, type, value (version 1); or, when it is smaller, version 2: the same
+body as one zstd frame against a fixed dictionary (``_DICTIONARY``: the names and keys every step writes -- the
+channels, serde types, the usage and score entries' keys). A step's usage and score entries are ~250 bytes of JSON
+that compress poorly alone and to ~70 bytes against it (a pack of ~650 bytes to ~400, ~8 us to compress and ~2 us to
+read back).
 
 **A slimmer checkpoint row**: see ``slim_checkpoint`` and ``slim_metadata`` below.
 
@@ -25,8 +29,11 @@ error, "unknown type") or the slim rows: do not downgrade past it.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 
+import zstandard
 from langgraph.checkpoint.base import CheckpointTuple
 
 from redraft.errors import UnsafePayloadError
@@ -34,8 +41,9 @@ from redraft.errors import UnsafePayloadError
 PACK_PREFIX = "__redraft_pack__:"
 PACK_TYPE = "pack"
 NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"  # langgraph._internal._constants (private there)
-_VERSION = 1
+_VERSION, _VERSION_ZSTD = 1, 2
 _HEAD = struct.Struct(">iBBI")
+_MAX_BODY = 256 * 1024 * 1024  # refuse to inflate a pack beyond this (a corrupt or hostile row)
 
 
 def packable(channel: str, idx: int, blob: bytes | None) -> bool:
@@ -53,18 +61,82 @@ def is_pack(channel: str, type_: str) -> bool:
     return type_ == PACK_TYPE and channel.startswith(PACK_PREFIX)
 
 
-def pack(writes: Iterable[tuple[int, str, str, bytes]]) -> bytes:
-    """One blob for writes given as (idx, channel, serde type, serde bytes)."""
-    parts = [bytes([_VERSION])]
+def _body(writes: Iterable[tuple[int, str, str, bytes]]) -> bytes:
+    parts = []
     for idx, channel, type_, blob in writes:
         ch, ty = channel.encode(), type_.encode()
         parts += [_HEAD.pack(idx, len(ch), len(ty), len(blob)), ch, ty, blob]
     return b"".join(parts)
 
 
+# The dictionary of version-2 packs. FROZEN: every pack written with it needs these exact bytes to be read, so a
+# change is a new pack version with a new dictionary (tests/test_pglayout.py pins its digest). Made of what a
+# redraft step writes, with made-up values: two packs' bodies as a critique step and a revise step write them.
+_DICTIONARY = b"".join(
+    _body(writes)
+    for writes in (
+        [
+            (0, "run_log", "json", b'{"op":"critique","slot":0,"n":1,"text":"'),
+            (
+                1,
+                "usage",
+                "json",
+                b'{"slot":0,"node":"critique","n":1,"model":"","input_tokens":1200,'
+                b'"output_tokens":150,"estimated":false,"cost":null,"run":"0a1b2c3d"}',
+            ),
+            (
+                2,
+                "scores",
+                "json",
+                b'{"slot":0,"iteration":1,"score":7,"critique":1,"issues":2,"done":false,'
+                b'"requested":"json_schema","fallback":"no JSON object in the reply"}',
+            ),
+            (3, "branch:to:revise", "null", b""),
+        ],
+        [
+            (0, "run_log", "json", b'{"op":"revision","slot":0,"n":1,"patch":"z1:'),
+            (
+                1,
+                "usage",
+                "json",
+                b'{"slot":0,"node":"revise","n":1,"model":"","input_tokens":1200,'
+                b'"output_tokens":600,"estimated":true,"cost":0.0012,"run":"0a1b2c3d"}',
+            ),
+            (2, "scores", "json", b'{"slot":0,"iteration":1,"similarity":0.5,"method":"text"}'),
+            (3, "branch:to:critique", "null", b""),
+            (4, "run_log", "json+zstd", b""),
+        ],
+    )
+)
+_ZDICT = zstandard.ZstdCompressionDict(_DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+_zstd = threading.local()  # zstandard's (de)compressors are not safe to share between threads
+
+
+def _codecs() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    codecs = getattr(_zstd, "codecs", None)
+    if codecs is None:
+        codecs = _zstd.codecs = (
+            zstandard.ZstdCompressor(level=3, dict_data=_ZDICT),
+            zstandard.ZstdDecompressor(dict_data=_ZDICT),
+        )
+    return codecs
+
+
+def pack(writes: Iterable[tuple[int, str, str, bytes]]) -> bytes:
+    """One blob for writes given as (idx, channel, serde type, serde bytes)."""
+    body = _body(writes)
+    frame = _codecs()[0].compress(body)
+    return bytes([_VERSION_ZSTD]) + frame if len(frame) < len(body) else bytes([_VERSION]) + body
+
+
 def unpack(blob: bytes) -> Iterator[tuple[int, str, str, bytes]]:
     """The writes of a pack, as (idx, channel, serde type, serde bytes), in the order they were written."""
     view = memoryview(blob)
+    if view and view[0] == _VERSION_ZSTD:
+        try:
+            view = memoryview(bytes([_VERSION]) + _codecs()[1].decompress(view[1:], max_output_size=_MAX_BODY))
+        except zstandard.ZstdError as exc:
+            raise UnsafePayloadError(f"Refused a corrupt pending-writes pack ({exc}).") from None
     if not view or view[0] != _VERSION:
         raise UnsafePayloadError("Refused a pending-writes pack of an unknown format (a newer redraft wrote it?).")
     at, end = 1, len(view)
@@ -152,23 +224,115 @@ def expand_stage2(rows: list[dict], channels: Iterable[str]) -> list[dict]:
 
 
 # --- the checkpoint row --------------------------------------------------------------------------------------------
-# Per step, LangGraph's checkpoint row held ~860 bytes of checkpoint JSONB and ~360 of metadata. Two parts of them
+# Per step, LangGraph's checkpoint row held ~860 bytes of checkpoint JSONB and ~360 of metadata. Three parts of them
 # are stored more compactly, and restored on every read so LangGraph and the conformance suite see the stock values:
 # * the checkpoint's ``id``, the row's own ``checkpoint_id`` column again (~45 bytes);
+# * its ``versions_seen`` (per node, the channel versions it last ran on: nested JSONB objects, ~270 bytes) and
+#   ``updated_channels`` (~80 bytes) and its ``ts`` (~40 bytes), as ONE string under ``SEEN_KEY`` (~160 bytes): the
+#   time as microseconds since the epoch, then the channel lists, with redraft's versions (graph/checkpointer.py:
+#   ten digits, a dot, eight hex digits) without their leading zeros. No SQL reads them (the stock SQL reads ``v``,
+#   ``channel_values`` and ``channel_versions``, which stay as they are). A checkpoint whose values this cannot
+#   round-trip exactly (another version format, separators in a name, another time format) keeps them as JSONB;
 # * the metadata's ``counters_since_delta_snapshot`` (DeltaChannel's per-channel update and superstep counters), a
 #   JSONB object of two-number arrays (~260 bytes), as one string ``"run_log=2,2;usage=2,2"`` (~60 bytes). The key
 #   stays, so the stock prune's ``metadata ? 'counters_since_delta_snapshot'`` still finds delta threads.
 COUNTERS = "counters_since_delta_snapshot"
 _SEPARATORS = frozenset("=,;")
+SEEN_KEY = "seen"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_REC, _UNIT, _PAIR, _NONE = "\x1e", "\x1f", "\x1d", "\x1c"  # PostgreSQL's JSONB refuses \u0000
+_SEEN_SEPARATORS = frozenset(_REC + _UNIT + _PAIR + _NONE)
+
+
+def _short_version(version: str) -> str:
+    if len(version) == 19 and version[10] == "." and version[:10].isdigit():
+        return version[:10].lstrip("0") + version[10:]
+    return version
+
+
+def _long_version(version: str) -> str:
+    head, dot, tail = version.partition(".")
+    return f"{head:0>10}{dot}{tail}" if dot and len(head) < 10 else version
+
+
+def _names_ok(*names: object) -> bool:
+    return all(type(n) is str and not (_SEEN_SEPARATORS & set(n)) for n in names)
+
+
+def encode_seen(versions_seen: object, updated: object) -> str | None:
+    """``versions_seen`` and ``updated_channels`` as one string, or None when they are not the shape LangGraph
+    writes (then they are stored as they are)."""
+    if type(versions_seen) is not dict or not (updated is None or type(updated) is list):
+        return None
+    if not _names_ok(*updated or ()):
+        return None
+    records = [_NONE if updated is None else _UNIT.join(updated)]
+    for node, seen in versions_seen.items():
+        if type(seen) is not dict or not _names_ok(node, *seen.keys(), *seen.values()):
+            return None
+        records.append(_UNIT.join([node, *(f"{ch}{_PAIR}{_short_version(v)}" for ch, v in seen.items())]))
+    return _REC.join(records)
+
+
+def decode_seen(text: str) -> tuple[dict, list | None]:
+    first, *records = text.split(_REC)
+    updated = None if first == _NONE else (first.split(_UNIT) if first else [])
+    versions_seen: dict = {}
+    for record in records:
+        node, *pairs = record.split(_UNIT)
+        seen = versions_seen[node] = {}
+        for pair in pairs:
+            ch, sep, version = pair.partition(_PAIR)
+            if not sep:
+                raise UnsafePayloadError(f"Refused a corrupt checkpoint: {SEEN_KEY} {text[:80]!r}.")
+            seen[ch] = _long_version(version)
+    return versions_seen, updated
+
+
+def _ts_micros(ts: object) -> str:
+    """LangGraph's checkpoint timestamp (ISO 8601 in UTC) as microseconds since the epoch, or "" when that would not
+    read back as the same string."""
+    try:
+        delta = datetime.fromisoformat(ts) - _EPOCH  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not a string, not ISO, or without a time zone
+        return ""
+    micros = str((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+    return micros if _ts_iso(micros) == ts else ""
+
+
+def _ts_iso(micros: str) -> str:
+    try:
+        return (_EPOCH + timedelta(microseconds=int(micros))).isoformat()
+    except (ValueError, OverflowError):
+        raise UnsafePayloadError(f"Refused a corrupt checkpoint: timestamp {micros[:40]!r}.") from None
 
 
 def slim_checkpoint(checkpoint: dict) -> dict:
-    """The checkpoint as stored: without its ``id`` (a shallow copy; the caller's is not changed)."""
-    return {k: v for k, v in checkpoint.items() if k != "id"}
+    """The checkpoint as stored: without its ``id``; its ``ts`` (as microseconds), ``versions_seen`` and
+    ``updated_channels`` folded into one string when they read back exactly (a new dict; the caller's is not
+    changed)."""
+    stored = {k: v for k, v in checkpoint.items() if k != "id"}
+    if "versions_seen" in stored and "updated_channels" in stored:
+        vs, updated = stored["versions_seen"], stored["updated_channels"]
+        seen = encode_seen(vs, updated)
+        if seen is not None and decode_seen(seen) == (vs, updated):
+            ts = _ts_micros(stored.get("ts"))
+            for key in ("versions_seen", "updated_channels", *(("ts",) if ts else ())):
+                del stored[key]
+            stored[SEEN_KEY] = ts + _REC + seen
+    return stored
 
 
 def full_checkpoint(stored: dict, checkpoint_id: str) -> dict:
-    """A stored checkpoint with its ``id`` back (rows written before this layout kept it)."""
+    """A stored checkpoint with its ``id``, ``ts``, ``versions_seen`` and ``updated_channels`` back (rows written
+    before this layout kept them)."""
+    if SEEN_KEY in stored:
+        ts, _, seen = stored[SEEN_KEY].partition(_REC)
+        versions_seen, updated = decode_seen(seen)
+        stored = {k: v for k, v in stored.items() if k != SEEN_KEY}
+        stored["versions_seen"], stored["updated_channels"] = versions_seen, updated
+        if ts:
+            stored["ts"] = _ts_iso(ts)
     return stored if "id" in stored else {**stored, "id": checkpoint_id}
 
 

@@ -7,6 +7,10 @@ and pending writes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from datetime import UTC, timedelta, timezone
+
 import psycopg
 import pytest
 from hypothesis import given, settings
@@ -14,18 +18,21 @@ from hypothesis import strategies as st
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from redraft.errors import UnsafePayloadError
-from redraft.graph import pgsaver
+from redraft.graph import pglayout, pgsaver
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.pglayout import (
     COUNTERS,
     NULL_TASK_ID,
     PACK_PREFIX,
     PACK_TYPE,
+    SEEN_KEY,
     expand_loaded,
     expand_stage2,
+    full_checkpoint,
     full_metadata,
     pack,
     packed_rows,
+    slim_checkpoint,
     slim_metadata,
     unpack,
 )
@@ -43,9 +50,30 @@ def test_a_pack_round_trips_and_refuses_what_is_not_one():
     assert list(unpack(pack(writes))) == writes
     assert list(unpack(pack([(7, "é", "json", '"ü"'.encode())]))) == [(7, "é", "json", '"ü"'.encode())]
     blob = pack(writes)
-    for bad in (b"", b"\x02" + blob[1:], blob[:-3], blob[:5]):
+    for bad in (b"", b"\x09" + blob[1:], blob[:-3], blob[:5]):
         with pytest.raises(UnsafePayloadError):
             list(unpack(bad))
+
+
+def test_a_step_s_pack_is_compressed_against_the_frozen_dictionary_and_a_plain_one_still_reads():
+    usage = b'{"slot":0,"node":"critique","n":4,"model":"m","input_tokens":1456,"output_tokens":122,"estimated":false}'
+    writes = [
+        (0, "run_log", "json", b'{"op":"critique","slot":0,"n":4,"text":"Tighten the opening."}'),
+        (1, "usage", "json", usage),
+        (2, "branch:to:revise", "null", b""),
+    ]
+    blob = pack(writes)
+    plain = b"\x01" + pglayout._body(writes)
+    assert blob[0] == 2 and len(blob) < 0.6 * len(plain)
+    assert list(unpack(blob)) == list(unpack(plain)) == writes  # version 1, as written before, reads the same
+    tiny = [(0, "a", "json", b"1"), (1, "b", "json", b"2")]
+    assert pack(tiny)[0] == 1  # compression did not pay: stored plain
+    with pytest.raises(UnsafePayloadError):
+        list(unpack(b"\x02" + bytes(reversed(blob[1:]))))
+    # every version-2 pack ever written needs these exact bytes: a change must be a new pack version instead
+    assert hashlib.sha256(pglayout._DICTIONARY).hexdigest() == (
+        "c33f9579e7ded0490d80f97f189dac0406cbe06738018e198832c628091cdf37"
+    )
 
 
 def test_only_a_tasks_regular_writes_are_folded():
@@ -116,6 +144,58 @@ def test_any_mix_of_writes_reads_back_as_the_rows_it_was(rows, wanted):
 def test_metadata_counters_read_back_as_written(counters):
     metadata = {"step": 3, "source": "loop", COUNTERS: {k: list(v) for k, v in counters.items()}}
     assert full_metadata(slim_metadata(metadata)) == metadata
+
+
+_names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
+_versions = st.one_of(
+    st.builds(lambda n, h: f"{n:010d}.{h:08x}", st.integers(0, 10**10 - 1), st.integers(0, 2**32 - 1)),  # redraft's
+    st.builds(lambda n: f"{n:032}.{0.5:016}", st.integers(0, 10**6)),  # LangGraph's stock format
+    _names,  # anything else: must come back unchanged, or the row keeps its JSONB
+)
+_times = st.one_of(
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+    st.datetimes(timezones=st.just(timezone(timedelta(hours=2)))).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat()),
+    _names,
+)
+
+
+@given(
+    _times,
+    st.dictionaries(_names, st.dictionaries(_names, _versions, max_size=4), max_size=5),
+    st.one_of(st.none(), st.lists(_names, max_size=4)),
+)
+def test_a_checkpoint_reads_back_as_written(ts, versions_seen, updated):
+    checkpoint = {
+        "v": 4,
+        "id": "1f0c5d2e-0000-6000-8000-000000000000",
+        "ts": ts,
+        "channel_values": {"branch:to:revise": None},
+        "channel_versions": {"run_log": "0000000003.0badcafe"},
+        "versions_seen": versions_seen,
+        "updated_channels": updated,
+    }
+    stored = slim_checkpoint(checkpoint)
+    assert "id" not in stored
+    assert full_checkpoint(json.loads(json.dumps(stored)), checkpoint["id"]) == checkpoint
+
+
+def test_a_step_s_checkpoint_folds_its_time_and_channel_lists_into_one_string():
+    checkpoint = {
+        "v": 4,
+        "id": "x",
+        "ts": "2026-11-26T12:21:39.793576+00:00",
+        "channel_values": {},
+        "channel_versions": {"run_log": "0000000098.c823a4f1"},
+        "versions_seen": {"critique": {"branch:to:critique": "0000000097.c44afb26"}, "__input__": {}},
+        "updated_channels": ["branch:to:revise", "run_log"],
+    }
+    stored = slim_checkpoint(checkpoint)
+    assert set(stored) == {"v", "channel_values", "channel_versions", SEEN_KEY}
+    assert "97.c44afb26" in stored[SEEN_KEY] and "0097" not in stored[SEEN_KEY]
+    assert full_checkpoint(stored, "x") == checkpoint
+    with pytest.raises(UnsafePayloadError):
+        full_checkpoint({**stored, SEEN_KEY: "17x" + stored[SEEN_KEY][3:]}, "x")
 
 
 def _parent(snapshot) -> str | None:
