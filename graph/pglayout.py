@@ -241,7 +241,6 @@ _SEPARATORS = frozenset("=,;")
 SEEN_KEY = "seen"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _REC, _UNIT, _PAIR, _NONE = "\x1e", "\x1f", "\x1d", "\x1c"  # PostgreSQL's JSONB refuses \u0000
-_SEEN_SEPARATORS = frozenset(_REC + _UNIT + _PAIR + _NONE)
 
 
 def _short_version(version: str) -> str:
@@ -255,22 +254,18 @@ def _long_version(version: str) -> str:
     return f"{head:0>10}{dot}{tail}" if dot and len(head) < 10 else version
 
 
-def _names_ok(*names: object) -> bool:
-    return all(type(n) is str and not (_SEEN_SEPARATORS & set(n)) for n in names)
-
-
 def encode_seen(versions_seen: object, updated: object) -> str | None:
-    """``versions_seen`` and ``updated_channels`` as one string, or None when they are not the shape LangGraph
-    writes (then they are stored as they are)."""
+    """``versions_seen`` and ``updated_channels`` as one string, or None when they are not strings in dicts and a
+    list. A separator inside a name reads back differently: callers keep the string only if ``decode_seen`` gives
+    back what they encoded (``slim_checkpoint`` does)."""
     if type(versions_seen) is not dict or not (updated is None or type(updated) is list):
         return None
-    if not _names_ok(*updated or ()):
+    try:
+        records = [_NONE if updated is None else _UNIT.join(updated)]
+        for node, seen in versions_seen.items():
+            records.append(_UNIT.join([node, *[f"{ch}{_PAIR}{_short_version(v)}" for ch, v in seen.items()]]))
+    except (TypeError, AttributeError):  # a name or version that is not a string, a node's map that is not a dict
         return None
-    records = [_NONE if updated is None else _UNIT.join(updated)]
-    for node, seen in versions_seen.items():
-        if type(seen) is not dict or not _names_ok(node, *seen.keys(), *seen.values()):
-            return None
-        records.append(_UNIT.join([node, *(f"{ch}{_PAIR}{_short_version(v)}" for ch, v in seen.items())]))
     return _REC.join(records)
 
 
@@ -307,6 +302,13 @@ def _ts_iso(micros: str) -> str:
         raise UnsafePayloadError(f"Refused a corrupt checkpoint: timestamp {micros[:40]!r}.") from None
 
 
+def _reads_back(seen: str, versions_seen: dict, updated: list | None) -> bool:
+    try:
+        return decode_seen(seen) == (versions_seen, updated)
+    except UnsafePayloadError:  # a separator inside a name
+        return False
+
+
 def slim_checkpoint(checkpoint: dict) -> dict:
     """The checkpoint as stored: without its ``id``; its ``ts`` (as microseconds), ``versions_seen`` and
     ``updated_channels`` folded into one string when they read back exactly (a new dict; the caller's is not
@@ -315,7 +317,7 @@ def slim_checkpoint(checkpoint: dict) -> dict:
     if "versions_seen" in stored and "updated_channels" in stored:
         vs, updated = stored["versions_seen"], stored["updated_channels"]
         seen = encode_seen(vs, updated)
-        if seen is not None and decode_seen(seen) == (vs, updated):
+        if seen is not None and _reads_back(seen, vs, updated):
             ts = _ts_micros(stored.get("ts"))
             for key in ("versions_seen", "updated_channels", *(("ts",) if ts else ())):
                 del stored[key]

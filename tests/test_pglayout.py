@@ -196,6 +196,18 @@ def test_a_step_s_checkpoint_folds_its_time_and_channel_lists_into_one_string():
     assert full_checkpoint(stored, "x") == checkpoint
     with pytest.raises(UnsafePayloadError):
         full_checkpoint({**stored, SEEN_KEY: "17x" + stored[SEEN_KEY][3:]}, "x")
+    # names holding the string's separators, or values that are not strings: kept as LangGraph wrote them
+    for odd in (
+        {"versions_seen": {"a\x1fb": {}}},
+        {"versions_seen": {"a": {"b\x1dc": "0000000001.00000000"}}},
+        {"updated_channels": ["\x1c"]},
+        {"versions_seen": {"a": {"b": 1}}},
+        {"versions_seen": {"a": ["b"]}},
+        {"ts": "yesterday"},
+    ):
+        stored = slim_checkpoint({**checkpoint, **odd})
+        assert full_checkpoint(stored, "x") == {**checkpoint, **odd}
+        assert (SEEN_KEY in stored) is ("ts" in odd) and "ts" in stored  # an odd time alone keeps just itself
 
 
 def _parent(snapshot) -> str | None:
