@@ -137,12 +137,16 @@ async def long_thread(pg: str, loops: int = 500, reps: int = 8) -> list[dict]:
 
     A step follows this process's previous step on the thread (the values it committed are where the next one
     starts, graph/headcache.py); a "cold" step follows one as if another replica had run it, and walks the thread's
-    delta history. Half of each: critique and revise alternate, two of each kind. The two threads take turns, one
+    delta history from the snapshots this process decoded before (graph/seedcache.py); a "first" step is a replica's
+    first read of the thread, which fetches and decodes the snapshots too. A third of each: critique and revise
+    alternate, two of each kind in turn. The two threads take turns, one
     step (or read) each, so a machine that speeds up or slows down during the run moves both sides alike."""
     settings = settings_for(pg)
     provider = FakeProvider(settings, changes=[10], draft_words=120, critique_words=20)
     threads = {"short": tid(), "long": tid()}
-    timings: dict[str, dict[str, list[float]]] = {k: {"step": [], "cold": [], "latest": [], "old": []} for k in threads}
+    timings: dict[str, dict[str, list[float]]] = {
+        k: {"step": [], "cold": [], "first": [], "latest": [], "old": []} for k in threads
+    }
     async with open_persistence(settings) as p:
         runner = Runner(p, settings, provider)
         for label, n in (("short", 4), ("long", loops)):
@@ -159,18 +163,20 @@ async def long_thread(pg: str, loops: int = 500, reps: int = 8) -> list[dict]:
                 (thread,),
             )
             old[label] = found["checkpoint_id"]
-            await runner.draft(thread, "generic", "Next query.", max_loops=reps + 2, similarity_threshold=1.0)
+            await runner.draft(thread, "generic", "Next query.", max_loops=2 * reps + 2, similarity_threshold=1.0)
 
         async def timed(what: str, label: str, call) -> None:
             t0 = time.perf_counter()
             await call
             timings[label][what].append(time.perf_counter() - t0)
 
-        for i in range(2 * reps):
-            kind = "cold" if i % 4 >= 2 else "step"
+        for i in range(3 * reps):
+            kind = ("step", "cold", "first")[i // 2 % 3]
             for label, thread in threads.items():
-                if kind == "cold":  # as if another replica ran the previous step: walk the delta history
+                if kind != "step":  # as if another replica ran the previous step: walk the delta history
                     p.saver.heads.forget(thread)
+                if kind == "first":  # ... on a replica that never read the thread: no decoded snapshot either
+                    p.saver.seeds.forget(thread)
                 await timed(kind, label, runner.critique(thread) if i % 2 == 0 else runner.revise(thread))
             if i % 2 == 0:
                 for label, thread in threads.items():
@@ -186,6 +192,7 @@ async def long_thread(pg: str, loops: int = 500, reps: int = 8) -> list[dict]:
     for key, what, target in (
         ("step", "a step", 1.2),
         ("cold", "a step after another replica's step (its delta walk)", 1.2),
+        ("first", "a replica's first step on the thread (the walk decodes the snapshots)", 1.2),
         ("latest", "latest-state read", 2.0),
         ("old", "state at an old checkpoint", 2.0),
     ):

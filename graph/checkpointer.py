@@ -246,7 +246,7 @@ async def _open_postgres(url: str, settings: Settings, serde) -> AsyncIterator[P
         saver_type = type("RedraftPostgresSaver", (FencedPostgres, CompactVersions, AsyncPostgresSaver), {})
         saver = saver_type(pool, serde=serde)
         saver.statement_timeout = settings.db_statement_timeout
-        saver.heads.max_items = settings.head_cache_items
+        saver.heads.max_items = saver.seeds.max_items = settings.head_cache_items
         saver.compact = settings.db_compact_layout
         await saver.setup()
         db = PostgresDatabase(pool)

@@ -27,9 +27,10 @@ def weight(values: dict) -> int:
     for value in values.values():
         if isinstance(value, list):
             total += len(value)
-            for item in value:
-                if isinstance(item, dict) and "revision" in item:  # a run_log slot: its critiques and revisions
-                    total += len(item["revision"]) + len(item.get("critique") or ())
+            if value and isinstance(value[0], dict) and "revision" in value[0]:  # the run log: its slots' texts
+                total += sum(
+                    [len(s.get("revision") or ()) + len(s.get("critique") or ()) for s in value if isinstance(s, dict)]
+                )
     return total
 
 

@@ -26,12 +26,11 @@ step at the checkpoint this process's last run on the thread ended at starts fro
 A checkpoint read loads its pending writes inline: the stock saver hands them to a worker thread, a thread hop per
 read for a few KB of JSON.
 
-Reading a delta channel (``aget_delta_channel_history``) is the stock two-stage walk with two fixes that make a head
-read cost the same at 1,000 checkpoints as at 10: the ancestor walk starts with a page of ~one snapshot interval
-instead of 1,024 rows, and a channel's writes are fetched by primary-key probes along its chain instead of a scan of
-every write row of the thread. Other reads, listing, deletes and copies are the stock saver's, on a pooled
-connection. It passes
-``langgraph-checkpoint-conformance`` (tests/test_conformance.py), fenced and not.
+Reading a delta channel (``aget_delta_channel_history``) is LangGraph's two-stage walk, made to cost about the same
+at 1,000 checkpoints as at 10 (graph/deltawalk.py), unless the step starts from this process's last run. The walk
+reuses the snapshots this process decoded before (graph/seedcache.py). Other reads, listing, deletes and copies are
+the stock saver's, on a pooled connection. It passes ``langgraph-checkpoint-conformance`` (tests/test_conformance.py),
+fenced and not.
 """
 
 from __future__ import annotations
@@ -47,16 +46,16 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
 )
-from langgraph.checkpoint.postgres.base import _build_delta_stage1_sql
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from redraft.errors import RedraftError
 from redraft.graph.database import is_driver_error, storage_error
+from redraft.graph.deltawalk import DeltaWalk
 from redraft.graph.fencing import DEFERRED, FENCE, DeferredWrites, deadline, is_lease_lost, lease_lost
 from redraft.graph.headcache import RemembersLastRun
-from redraft.graph.pglayout import PACK_PREFIX, expand_loaded, expand_stage2, loaded_tuple, packed_rows, slim_row
+from redraft.graph.pglayout import expand_loaded, loaded_tuple, packed_rows, slim_row
 from redraft.observability import metrics
 
 _FENCE_CTE = "fence AS (SELECT redraft_fence_check(%s, %s))"
@@ -86,25 +85,6 @@ _WRITES_CTE = """{name} AS (
                          %s::text[], %s::bytea[])
     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {action}
 )"""
-
-# Stage 2 of the delta walk: at each checkpoint of the channels' chains, the rows of the channels whose chain holds
-# it, and the packs holding one of them (graph/pglayout.py: a pack's channel names them), one primary-key probe per
-# checkpoint id (the OFFSET 0 keeps the planner from flattening the lateral subquery into a join). The stock form
-# (``checkpoint_id = ANY(%s)``, per channel) let the planner scan and hash every write row of the thread, ~4,000 rows
-# at 1,000 checkpoints, where a chain holds ~30 ids.
-_DELTA_WRITES = """SELECT 'w'::text AS _kind, w.checkpoint_id, w.channel, w.type, w.blob, w.task_id, w.task_path, w.idx,
-    NULL::text AS version
-FROM (SELECT id, array_agg(ch) AS chs FROM unnest(%s::text[], %s::text[]) AS p(id, ch) GROUP BY id) AS c
-CROSS JOIN LATERAL (
-    SELECT * FROM checkpoint_writes
-    WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = c.id AND (channel = ANY(c.chs)
-        OR (starts_with(channel, %s) AND string_to_array(substr(channel, %s), ',') && c.chs))
-    OFFSET 0
-) AS w"""
-
-_DELTA_SEED = """SELECT 'b'::text AS _kind, NULL::text AS checkpoint_id, channel, type, blob, NULL::text AS task_id,
-    NULL::text AS task_path, NULL::int AS idx, version
-FROM checkpoint_blobs WHERE thread_id = %s AND checkpoint_ns = %s AND channel = %s AND version = %s"""
 
 _UPSERT = "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
 
@@ -152,7 +132,7 @@ def _writes_ctes(batches: list[tuple[bool, list[tuple]]], compact: bool) -> tupl
     return ctes, params
 
 
-class FencedPostgres(RemembersLastRun):
+class FencedPostgres(DeltaWalk, RemembersLastRun):
     """Mixed in before ``AsyncPostgresSaver`` (see the module docstring)."""
 
     statement_timeout = 30.0
@@ -261,11 +241,13 @@ class FencedPostgres(RemembersLastRun):
     async def adelete_thread(self, thread_id: str) -> None:
         _forget_reads()
         self.heads.forget(thread_id)
+        self.seeds.forget(thread_id)
         await super().adelete_thread(thread_id)
 
     async def aprune(self, thread_ids, *args, **kwargs) -> None:
         _forget_reads()
         self.heads.forget(*thread_ids)
+        self.seeds.forget(*thread_ids)
         await super().aprune(thread_ids, *args, **kwargs)
 
     async def alist(self, config, **kwargs):
@@ -274,11 +256,6 @@ class FencedPostgres(RemembersLastRun):
             await deferred.flush()
         async for item in super().alist(config, **kwargs):
             yield item
-
-    # First page of the ancestor walk below: every delta channel snapshots at least every SNAPSHOT_SUPERSTEPS (32)
-    # supersteps (graph/checkpointer.py), one checkpoint row each, so one page almost always finds every seed.
-    delta_first_page = 48
-    delta_max_page = 1024
 
     async def aget_delta_channel_history(self, *, config, channels):
         """The stock walk (LangGraph's two stages: ancestors' versions and seed probes, then the writes and seed
@@ -308,51 +285,6 @@ class FencedPostgres(RemembersLastRun):
             history = await self._delta_history(thread_id, checkpoint_ns, checkpoint_id, channels)
         deferred.histories = {key: history}
         return _copied(history)
-
-    async def _delta_history(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, channels: list) -> dict:
-        parent_of: dict = {}
-        versions: list[dict] = [{} for _ in channels]
-        has_blob: list[dict] = [{} for _ in channels]
-        inline: list[dict] = [{} for _ in channels]
-        chain: dict[str, list[str]] = {ch: [] for ch in channels}
-        seed_version: dict = dict.fromkeys(channels)
-        seed_inline: dict = {}
-        walk: dict = {}
-        seeded: set[str] = set()
-        cursor, page_size, first = checkpoint_id, self.delta_first_page, True
-        async with self._cursor() as cur:
-            while True:
-                sql = _build_delta_stage1_sql(channels, paged=True, include_cursor=first)
-                params = [ch for ch in channels for _ in range(4)] + [thread_id, checkpoint_ns, cursor, page_size]
-                await cur.execute(sql, params)
-                page = await cur.fetchall()
-                if not page:
-                    break
-                oldest = self._ingest_stage1_page(page, channels, parent_of, versions, has_blob, inline)
-                self._try_advance_walks(
-                    checkpoint_id, channels, parent_of, versions, has_blob, inline, chain, seed_version,
-                    seed_inline, walk, seeded,
-                )  # fmt: skip
-                if len(seeded) == len(channels) or len(page) < page_size:
-                    break
-                cursor, first, page_size = oldest, False, min(page_size * 4, self.delta_max_page)
-            pairs = [(cid, ch) for ch in channels for cid in chain[ch]]
-            with_seed = [ch for ch in channels if seed_version[ch] is not None]
-            rows = []
-            if pairs or with_seed:
-                sql = " UNION ALL ".join([_DELTA_WRITES] * bool(pairs) + [_DELTA_SEED] * len(with_seed))
-                params = [*map(list, zip(*pairs, strict=True)), thread_id, checkpoint_ns] if pairs else []
-                params += [PACK_PREFIX, len(PACK_PREFIX) + 1] if pairs else []
-                params += [x for ch in with_seed for x in (thread_id, checkpoint_ns, ch, seed_version[ch])]
-                await cur.execute(sql, params)
-                rows = expand_stage2(await cur.fetchall(), channels)
-        return self._build_delta_channels_writes_history(
-            channels=channels,
-            chain_by_ch=chain,
-            seed_ver_by_ch=seed_version,
-            seed_inline_by_ch=seed_inline,
-            stage2_rows=rows,
-        )
 
     async def aput(self, config, checkpoint, metadata, new_versions) -> dict:
         configurable = config["configurable"]

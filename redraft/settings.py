@@ -89,8 +89,9 @@ class Settings(BaseSettings):
     db_prepared_statements: bool = True
     # A step on PostgreSQL starts from the values this process's last run on the thread committed, when it is at that
     # checkpoint (graph/headcache.py): the log entries (texts, usage and score entries) kept across threads, least
-    # recently used first out: ~1 KB per entry with ~2.8 KB revisions (measured), ~20 MB at the default; 0 turns it
-    # off (every step walks).
+    # recently used first out: ~1 KB per entry with ~2.8 KB revisions (measured), ~20 MB at the default. The same
+    # budget bounds the delta snapshots this process decoded, which a walk reuses (graph/seedcache.py). 0 turns both
+    # off (every step walks and decodes).
     head_cache_items: int = Field(default=20_000, ge=0)
     # PostgreSQL rows in redraft's compact layout (graph/pglayout.py: a step's writes in one row, slimmer checkpoint
     # rows), and revisions stored as patches against the text before them (graph/textpatch.py, on any saver). Reads

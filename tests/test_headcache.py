@@ -20,7 +20,7 @@ from redraft.graph.runner import Runner
 from redraft.observability import metrics
 from tests.conftest import make_settings, new_thread
 
-WALK = "SELECT checkpoint_id, parent_checkpoint_id"  # the first stage of the delta walk (graph/pgsaver.py)
+WALK = "SELECT checkpoint_id, parent_checkpoint_id"  # the first stage of the delta walk (graph/deltawalk.py)
 
 
 def test_the_cache_answers_only_for_its_checkpoint_and_stays_within_its_budget():
@@ -69,6 +69,7 @@ async def test_steps_skip_the_walk_and_read_what_another_replica_reads(pg_url, s
         async def same_as_a_cold_read() -> None:
             async with p.db.thread_lock(thread):  # under a lease: what the next step starts from
                 warm = await ours.snapshot(thread)
+            theirs.persistence.saver.seeds.forget(thread)  # no decoded snapshot kept either (graph/seedcache.py)
             cold = await theirs.snapshot(thread)  # the other replica's saver has never seen this thread
             assert warm.config == cold.config and warm.values == cold.values and warm.next == cold.next
 
@@ -148,6 +149,7 @@ async def test_random_steps_forks_replays_and_failures_on_two_replicas_read_what
             for runner, other in (replicas, replicas[::-1]):
                 async with runner.persistence.db.thread_lock(thread):
                     warm = await runner.snapshot(thread)
+                other.persistence.saver.seeds.forget(thread)  # a cold read: the database only
                 cold = await other.snapshot(thread)
                 assert (warm.config, warm.values, warm.next) == (cold.config, cold.values, cold.next)
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from redraft.errors import UnsafePayloadError
-from redraft.graph import pglayout, pgsaver
+from redraft.graph import deltawalk, pglayout
 from redraft.graph.checkpointer import open_persistence
 from redraft.graph.pglayout import (
     COUNTERS,
@@ -315,8 +315,10 @@ async def test_the_delta_walk_fetches_only_the_packs_that_hold_a_channel_it_read
     settings = make_settings(pg_url, stub)
     thread = new_thread()
     fetched: list[dict] = []
-    expand = pgsaver.expand_stage2
-    monkeypatch.setattr(pgsaver, "expand_stage2", lambda rows, channels: expand(fetched.extend(rows) or rows, channels))
+    expand = deltawalk.expand_stage2
+    monkeypatch.setattr(
+        deltawalk, "expand_stage2", lambda rows, channels: expand(fetched.extend(rows) or rows, channels)
+    )
     async with open_persistence(settings) as p:
         runner = Runner(p, settings)
         await runner.refine(thread, "generic", "A long query.", max_loops=30, similarity_threshold=1.0)

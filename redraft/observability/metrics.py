@@ -118,6 +118,12 @@ class Metrics:
             "replica walks)",
             ["source"],
         )
+        self.snapshot_reads = Counter(
+            "redraft_snapshot_reads",
+            "Delta-channel snapshots a walk of a thread's history started from (PostgreSQL), by source: fetched (sent "
+            "by the database and decoded) or reused (the decoded copy this process held, same blob size)",
+            ["source"],
+        )
         self.sessions_active = Gauge(
             "redraft_sessions_active", "Sessions not yet idle-expired (database-wide: the same on every replica)"
         )
@@ -207,6 +213,15 @@ def history_read(source: str) -> None:
     m = _metrics
     if m is not None:
         m.history_reads.labels(source).inc()
+
+
+def snapshot_reads(reused: int, fetched: int) -> None:
+    m = _metrics
+    if m is not None:
+        if reused:
+            m.snapshot_reads.labels("reused").inc(reused)
+        if fetched:
+            m.snapshot_reads.labels("fetched").inc(fetched)
 
 
 # --- database-wide gauges, read at scrape time ------------------------------------------------------------------
