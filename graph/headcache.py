@@ -34,26 +34,42 @@ def weight(values: dict) -> int:
     return total
 
 
-class HeadValues:
-    """(thread, namespace) -> (checkpoint id, values at it), least recently used first out."""
+class BudgetedCache:
+    """Entries keyed by tuples that start with a thread id, each weighing some items: least recently used first out
+    beyond ``max_items``, and an entry over a quarter of the budget is not kept (a very long thread: its walk is
+    bounded anyway; keep room for others). Entries are (*payload, items)."""
 
     def __init__(self, max_items: int = DEFAULT_ITEMS) -> None:
         self.max_items = max_items
-        self._entries: OrderedDict[tuple[str, str], tuple[str, dict, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()
         self._items = 0
 
-    def remember(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, values: dict) -> None:
-        old = self._entries.pop((thread_id, checkpoint_ns), None)
+    def _store(self, key: tuple, payload: tuple, items: int) -> None:
+        old = self._entries.pop(key, None)
         if old is not None:
-            self._items -= old[2]
-        size = max(1, weight(values))
-        if size > self.max_items // 4:  # a very long thread: walking it is bounded anyway; keep room for others
+            self._items -= old[-1]
+        if items > self.max_items // 4:
             return
-        self._entries[(thread_id, checkpoint_ns)] = (checkpoint_id, values, size)
-        self._items += size
+        self._entries[key] = (*payload, items)
+        self._items += items
         while self._items > self.max_items:
-            _, (_, _, dropped) = self._entries.popitem(last=False)
-            self._items -= dropped
+            _, dropped = self._entries.popitem(last=False)
+            self._items -= dropped[-1]
+
+    def forget(self, *thread_ids: str) -> None:
+        gone = set(thread_ids)
+        for key in [k for k in self._entries if k[0] in gone]:
+            self._items -= self._entries.pop(key)[-1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class HeadValues(BudgetedCache):
+    """(thread, namespace) -> (checkpoint id, values at it), least recently used first out."""
+
+    def remember(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, values: dict) -> None:
+        self._store((thread_id, checkpoint_ns), (checkpoint_id, values), max(1, weight(values)))
 
     def histories(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, channels: list) -> dict | None:
         """Delta-channel histories at ``checkpoint_id`` (each channel's value as its seed, no writes to replay), or
@@ -67,14 +83,6 @@ class HeadValues:
             return None
         self._entries.move_to_end(key)
         return {ch: {"writes": [], "seed": values[ch]} for ch in channels}
-
-    def forget(self, *thread_ids: str) -> None:
-        gone = set(thread_ids)
-        for key in [k for k in self._entries if k[0] in gone]:
-            self._items -= self._entries.pop(key)[2]
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class RemembersLastRun:

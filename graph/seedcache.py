@@ -17,22 +17,16 @@ in graph/headcache.py. Bounded by the same kind of item budget, least recently u
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
-from redraft.graph.headcache import DEFAULT_ITEMS, weight
+from redraft.graph.headcache import BudgetedCache, weight
 
 Key = tuple[str, str, str, str]  # thread, namespace, channel, version
 
 
-class SeedValues:
+class SeedValues(BudgetedCache):
     """(thread, namespace, channel, version) -> (the decoded snapshot, its blob's size), least recently used first
     out. The caller compares the size with the database's before it uses the snapshot."""
-
-    def __init__(self, max_items: int = DEFAULT_ITEMS) -> None:
-        self.max_items = max_items
-        self._entries: OrderedDict[Key, tuple[Any, int, int]] = OrderedDict()
-        self._items = 0
 
     def get(self, key: Key) -> tuple[Any, int] | None:
         entry = self._entries.get(key)
@@ -42,22 +36,4 @@ class SeedValues:
         return entry[0], entry[1]
 
     def put(self, key: Key, seed: Any, blob_size: int) -> None:
-        items = 1 + weight({"seed": getattr(seed, "value", seed)})
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._items -= old[2]
-        if items > self.max_items // 4:  # a very long log: room for others
-            return
-        self._entries[key] = (seed, blob_size, items)
-        self._items += items
-        while self._items > self.max_items:
-            _, (_, _, dropped) = self._entries.popitem(last=False)
-            self._items -= dropped
-
-    def forget(self, *thread_ids: str) -> None:
-        gone = set(thread_ids)
-        for key in [k for k in self._entries if k[0] in gone]:
-            self._items -= self._entries.pop(key)[2]
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        self._store(key, (seed, blob_size), 1 + weight({"seed": getattr(seed, "value", seed)}))
