@@ -33,7 +33,9 @@ def test_a_close_revision_is_a_small_patch_and_a_rewrite_stays_whole():
     revised = _edited(PROSE, 12, 1)
     patch = textpatch.encode(PROSE, revised)
     assert patch is not None and len(patch) < 0.15 * len(revised)
-    assert textpatch.decode(PROSE, patch) == revised
+    assert textpatch.decode(PROSE, patch) == revised  # remembered: this process made it
+    textpatch._recent.clear()
+    assert textpatch.decode(PROSE, patch) == revised  # inflated against its base, as another process does
     rewrite = " ".join(reversed(PROSE.split(" ")))[: len(PROSE)] + "Zebra quartz vexing jump."
     assert textpatch.encode(PROSE, "".join(random.Random(2).sample(rewrite, len(rewrite)))) is None
     assert textpatch.encode("Short base.", revised) is None  # too little to patch against
@@ -54,6 +56,8 @@ def test_a_patch_refuses_another_base_and_damage_with_a_clear_error():
 def test_any_text_round_trips_against_any_base(base, tail, seed):
     text = base[: seed % (len(base) + 1)] + tail
     patch = textpatch.encode(base, text)
+    assert patch is None or textpatch.decode(base, patch) == text
+    textpatch._recent.clear()
     assert patch is None or textpatch.decode(base, patch) == text
 
 
@@ -76,6 +80,8 @@ def test_the_reducer_restores_patched_revisions_in_any_batching():
     assert sum("patch" in e for e in patched) == 8 and not any("patch" in e for e in whole)
     expected = apply_run_log_events([], [whole])
     assert expected[0]["revision"] == versions[1:]
+    assert apply_run_log_events([], [patched]) == expected
+    textpatch._recent.clear()  # as another process replays them
     assert apply_run_log_events([], [patched]) == expected
     state: list = []
     for e in patched:  # one event per write, as a replay from the thread's first checkpoint
