@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import zlib
 
 import zstandard
@@ -54,7 +55,8 @@ def encode(base: str | None, text: str) -> str | None:
         return None
     _recent[patch] = (base, text)
     if len(_recent) > RECENT:
-        _recent.pop(next(iter(_recent)), None)
+        with contextlib.suppress(RuntimeError, StopIteration):  # another thread changed it meanwhile
+            _recent.pop(next(iter(_recent)), None)
     return patch
 
 
