@@ -34,10 +34,11 @@ CROSS JOIN LATERAL (
     OFFSET 0
 ) AS w"""
 
-# A seed's blob comes back only when its size is not the one of the decoded copy this process holds (graph/seedcache.py;
-# -1 when it holds none): the size of a stored bytea is read from its header, without fetching a TOASTed value.
+# A seed's blob comes back only when its size and type are not those of the decoded copy this process holds
+# (graph/seedcache.py; -1 and '' when it holds none): a stored bytea's size is read from its header, without fetching
+# a TOASTed value.
 _DELTA_SEED = """SELECT 'b'::text AS _kind, NULL::text AS checkpoint_id, channel, type,
-    CASE WHEN octet_length(blob) = %s THEN NULL ELSE blob END AS blob, NULL::text AS task_id,
+    CASE WHEN octet_length(blob) = %s AND type = %s THEN NULL ELSE blob END AS blob, NULL::text AS task_id,
     NULL::text AS task_path, NULL::int AS idx, version, octet_length(blob) AS size
 FROM checkpoint_blobs WHERE thread_id = %s AND checkpoint_ns = %s AND channel = %s AND version = %s"""
 
@@ -94,8 +95,8 @@ class DeltaWalk:
                 params = [*map(list, zip(*pairs, strict=True)), thread_id, checkpoint_ns] if pairs else []
                 params += [PACK_PREFIX, len(PACK_PREFIX) + 1] if pairs else []
                 for ch in with_seed:
-                    size = held[ch][1] if held[ch] is not None else -1
-                    params += [size, thread_id, checkpoint_ns, ch, seed_version[ch]]
+                    size, type_ = held[ch][1:] if held[ch] is not None else (-1, "")
+                    params += [size, type_, thread_id, checkpoint_ns, ch, seed_version[ch]]
                 await cur.execute(sql, params)
                 rows = expand_stage2(await cur.fetchall(), channels)
         return self._with_seeds(thread_id, checkpoint_ns, channels, chain, seed_version, seed_inline, rows, held)
@@ -106,7 +107,7 @@ class DeltaWalk:
         reused = {}
         for r in rows:
             if r["_kind"] == "b" and r["blob"] is None and r["type"] != "empty" and held.get(r["channel"]):
-                if r["size"] == held[r["channel"]][1]:
+                if (r["size"], r["type"]) == held[r["channel"]][1:]:
                     reused[r["channel"]] = held[r["channel"]][0]
         if reused:
             rows = [r for r in rows if not (r["_kind"] == "b" and r["channel"] in reused)]
@@ -123,7 +124,6 @@ class DeltaWalk:
         metrics.snapshot_reads(len(reused), sum(1 for r in rows if r["_kind"] == "b" and r["blob"] is not None))
         for r in rows:
             if r["_kind"] == "b" and r["blob"] is not None and "seed" in history.get(r["channel"], {}):
-                self.seeds.put(
-                    (thread_id, checkpoint_ns, r["channel"], r["version"]), history[r["channel"]]["seed"], r["size"]
-                )
+                key = (thread_id, checkpoint_ns, r["channel"], r["version"])
+                self.seeds.put(key, history[r["channel"]]["seed"], r["size"], r["type"])
         return history

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
+from redraft.errors import RedraftError
 from redraft.graph.checkpointer import SNAPSHOT_SUPERSTEPS, open_persistence
 from redraft.graph.runner import Runner
 from redraft.graph.seedcache import SeedValues
@@ -15,18 +16,18 @@ from tests.conftest import make_settings, new_thread
 
 def test_the_cache_keeps_within_its_budget_and_forgets_threads():
     seeds = SeedValues(max_items=100)
-    seeds.put(("t", "", "usage", "v1"), [{}] * 9, 321)
-    assert seeds.get(("t", "", "usage", "v1")) == ([{}] * 9, 321)
+    seeds.put(("t", "", "usage", "v1"), [{}] * 9, 321, "snapshot")
+    assert seeds.get(("t", "", "usage", "v1")) == ([{}] * 9, 321, "snapshot")
     assert seeds.get(("t", "", "usage", "v2")) is None
     for i in range(20):  # 10 items each against a budget of 100: the least recently used go first
-        seeds.put((f"o{i}", "", "usage", "v"), [{}] * 9, 1)
+        seeds.put((f"o{i}", "", "usage", "v"), [{}] * 9, 1, "snapshot")
     assert len(seeds) == 10 and seeds.get(("t", "", "usage", "v1")) is None
-    seeds.put(("big", "", "usage", "v"), [{}] * 30, 1)  # over a quarter of the budget: not kept
+    seeds.put(("big", "", "usage", "v"), [{}] * 30, 1, "snapshot")  # over a quarter of the budget: not kept
     assert seeds.get(("big", "", "usage", "v")) is None
     seeds.forget("o19")
     assert seeds.get(("o19", "", "usage", "v")) is None and len(seeds) == 9
     off = SeedValues(max_items=0)
-    off.put(("t", "", "usage", "v"), [], 1)
+    off.put(("t", "", "usage", "v"), [], 1, "snapshot")
     assert len(off) == 0
 
 
@@ -81,6 +82,17 @@ async def test_a_walk_reuses_a_snapshot_only_while_the_database_holds_the_same_b
         third = (await theirs.snapshot(thread)).values
         assert third["run_log"][0]["query"] == "A query the cache never saw."
         assert third == await cold()
+
+        # the same size under another serde type: sent again and read by that type, which fails here (zstd bytes
+        # read as plain msgpack): the copy this process holds is not used
+        async with q.saver.conn.connection() as conn:
+            await conn.execute(
+                "UPDATE checkpoint_blobs SET type = 'snapshot' WHERE thread_id = %s AND channel = 'run_log' "
+                "AND version = %s",
+                (thread, row["version"]),
+            )
+        with pytest.raises(RedraftError):
+            await theirs.snapshot(thread)
 
         await theirs.persistence.saver.adelete_thread(thread)
         assert not any(key[0] == thread for key in q.saver.seeds._entries)
