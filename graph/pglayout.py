@@ -28,10 +28,10 @@ error, "unknown type") or the slim rows: do not downgrade past it.
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
 
 import zstandard
 from langgraph.checkpoint.base import CheckpointTuple
@@ -229,17 +229,18 @@ def expand_stage2(rows: list[dict], channels: Iterable[str]) -> list[dict]:
 # * the checkpoint's ``id``, the row's own ``checkpoint_id`` column again (~45 bytes);
 # * its ``versions_seen`` (per node, the channel versions it last ran on: nested JSONB objects, ~270 bytes) and
 #   ``updated_channels`` (~80 bytes) and its ``ts`` (~40 bytes), as ONE string under ``SEEN_KEY`` (~160 bytes): the
-#   time as microseconds since the epoch, then the channel lists, with redraft's versions (graph/checkpointer.py:
-#   ten digits, a dot, eight hex digits) without their leading zeros. No SQL reads them (the stock SQL reads ``v``,
-#   ``channel_values`` and ``channel_versions``, which stay as they are). A checkpoint whose values this cannot
-#   round-trip exactly (another version format, separators in a name, another time format) keeps them as JSONB;
+#   time's digits (LangGraph writes UTC ISO 8601), then the channel lists, with redraft's versions
+#   (graph/checkpointer.py: ten digits, a dot, eight hex digits) without their leading zeros. No SQL reads them
+#   (the stock SQL reads ``v``, ``channel_values`` and ``channel_versions``, which stay as they are). A checkpoint
+#   whose values this cannot round-trip exactly (another version format, separators in a name, another time
+#   format) keeps them as JSONB;
 # * the metadata's ``counters_since_delta_snapshot`` (DeltaChannel's per-channel update and superstep counters), a
 #   JSONB object of two-number arrays (~260 bytes), as one string ``"run_log=2,2;usage=2,2"`` (~60 bytes). The key
 #   stays, so the stock prune's ``metadata ? 'counters_since_delta_snapshot'`` still finds delta threads.
 COUNTERS = "counters_since_delta_snapshot"
 _SEPARATORS = frozenset("=,;")
 SEEN_KEY = "seen"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00")
 _REC, _UNIT, _PAIR, _NONE = "\x1e", "\x1f", "\x1d", "\x1c"  # PostgreSQL's JSONB refuses \u0000
 
 
@@ -284,22 +285,19 @@ def decode_seen(text: str) -> tuple[dict, list | None]:
     return versions_seen, updated
 
 
-def _ts_micros(ts: object) -> str:
-    """LangGraph's checkpoint timestamp (ISO 8601 in UTC) as microseconds since the epoch, or "" when that would not
-    read back as the same string."""
-    try:
-        delta = datetime.fromisoformat(ts) - _EPOCH  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # not a string, not ISO, or without a time zone
+def _ts_digits(ts: object) -> str:
+    """LangGraph's checkpoint time (``datetime.now(timezone.utc).isoformat()``) as its digits, or "" when it is not
+    in that form."""
+    if type(ts) is not str or not _TS.fullmatch(ts):
         return ""
-    micros = str((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
-    return micros if _ts_iso(micros) == ts else ""
+    return ts[0:4] + ts[5:7] + ts[8:10] + ts[11:13] + ts[14:16] + ts[17:19] + ts[20 : 26 if len(ts) == 32 else 20]
 
 
-def _ts_iso(micros: str) -> str:
-    try:
-        return (_EPOCH + timedelta(microseconds=int(micros))).isoformat()
-    except (ValueError, OverflowError):
-        raise UnsafePayloadError(f"Refused a corrupt checkpoint: timestamp {micros[:40]!r}.") from None
+def _ts_iso(d: str) -> str:
+    if not d.isdigit() or len(d) not in (14, 20):
+        raise UnsafePayloadError(f"Refused a corrupt checkpoint: timestamp {d[:40]!r}.")
+    fraction = f".{d[14:20]}" if len(d) == 20 else ""
+    return f"{d[0:4]}-{d[4:6]}-{d[6:8]}T{d[8:10]}:{d[10:12]}:{d[12:14]}{fraction}+00:00"
 
 
 def _reads_back(seen: str, versions_seen: dict, updated: list | None) -> bool:
@@ -310,7 +308,7 @@ def _reads_back(seen: str, versions_seen: dict, updated: list | None) -> bool:
 
 
 def slim_checkpoint(checkpoint: dict) -> dict:
-    """The checkpoint as stored: without its ``id``; its ``ts`` (as microseconds), ``versions_seen`` and
+    """The checkpoint as stored: without its ``id``; its ``ts`` (as its digits), ``versions_seen`` and
     ``updated_channels`` folded into one string when they read back exactly (a new dict; the caller's is not
     changed)."""
     stored = {k: v for k, v in checkpoint.items() if k != "id"}
@@ -318,7 +316,7 @@ def slim_checkpoint(checkpoint: dict) -> dict:
         vs, updated = stored["versions_seen"], stored["updated_channels"]
         seen = encode_seen(vs, updated)
         if seen is not None and _reads_back(seen, vs, updated):
-            ts = _ts_micros(stored.get("ts"))
+            ts = _ts_digits(stored.get("ts"))
             for key in ("versions_seen", "updated_channels", *(("ts",) if ts else ())):
                 del stored[key]
             stored[SEEN_KEY] = ts + _REC + seen
