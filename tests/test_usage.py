@@ -243,3 +243,8 @@ def test_the_usage_summary_is_its_plain_definition_on_any_log():
         ]
         slot = rng.choice([0, 1, None])
         assert usage.summary(entries, slot) == _reference_summary(entries, slot)
+    complete = {**fields, "input_tokens": [0, 17, 1456], "output_tokens": [0, 3, 122], "estimated": [True, False]}
+    for _ in range(500):  # entries as redraft writes them: every field, int counts (the itemgetter path)
+        entries = [{k: rng.choice(v) for k, v in complete.items()} for _ in range(rng.randint(0, 25))]
+        slot = rng.choice([0, 1, None])
+        assert usage.summary(entries, slot) == _reference_summary(entries, slot)
