@@ -170,6 +170,20 @@ def test_the_json_native_check_is_its_plain_definition(value):
     assert serde_module._is_json_native(value) is _plain_json_native(value)
 
 
+@given(_values.filter(_plain_json_native))
+def test_small_json_payloads_read_back_as_langgraph_reads_them(value):
+    """Small JSON payloads skip LangGraph's reviver hook unless they hold an ``"lc"`` key; either way they read as
+    LangGraph's own JSON path reads them."""
+    serde = SafeSerializer()
+    raw = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    stock = super(SafeSerializer, serde).loads_typed(("json", raw))
+    assert serde.loads_typed(("json", raw)) == stock
+    revivable = {"lc": 1, "type": "not_implemented", "id": ["x", "Y"], "repr": "Y()"}  # the stock path refuses it
+    raw = json.dumps({"k": [revivable]}).encode()
+    with pytest.raises(NotImplementedError):
+        serde.loads_typed(("json", raw))
+
+
 @pytest.mark.postgres
 async def test_storage_grows_linearly_on_postgres(pg_url, stub):
     """Total bytes for a thread stay within 1.45x of its text at 50 loops (a plain list reducer is ~25x).
