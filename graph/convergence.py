@@ -32,6 +32,8 @@ from typing import TypeVar
 
 from rapidfuzz.distance import Indel
 
+from redraft.graph.state import slot_scores
+
 STOP_REASONS = ("critic_satisfied", "min_score", "converged", "max_loops")
 
 # The critic prompt asks for exactly NO_FURTHER_CHANGES; the pattern also accepts the usual paraphrases, but only as
@@ -216,7 +218,7 @@ def decide_after_critique(score: float | None, min_score: float | None) -> str |
 def critic_scores_for(state: dict, slot_index: int) -> dict[int, float | None]:
     """The critic's score per version of a slot (version 0 = draft), from the ``scores`` log's score entries (a
     later entry for the same version wins); empty for prose critiques and checkpoints written before scores."""
-    return {s["iteration"]: s["score"] for s in state.get("scores") or () if s["slot"] == slot_index and "score" in s}
+    return dict(slot_scores(state, slot_index)[1])
 
 
 def best_version(

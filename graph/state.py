@@ -202,14 +202,37 @@ def outcome_for(state: dict, slot_index: int) -> dict | None:
     return None
 
 
+# The last ``scores`` log split by slot_scores: (the log, its length, the slot, similarities, critic scores). A step
+# and the view of its result read one log several times (similarities, the critic's scores), ~2,000 entries at
+# ~1,000 checkpoints; logs are never changed in place (the reducers copy), so the same list object of the same
+# length holds the same entries.
+_last_split: tuple = ((), 0, None, {}, {})
+
+
+def slot_scores(state: dict, slot_index: int) -> tuple[dict[int, float], dict[int, float | None]]:
+    """A slot's similarity and critic-score entries of the ``scores`` log, by iteration (a later entry for the same
+    iteration wins). The caller must not change the dicts."""
+    global _last_split
+    log = state.get("scores") or ()
+    last = _last_split
+    if last[0] is log and last[1] == len(log) and last[2] == slot_index:
+        return last[3], last[4]
+    similarity: dict = {}
+    critic: dict = {}
+    for s in log:
+        if s["slot"] == slot_index:
+            if "similarity" in s:
+                similarity[s["iteration"]] = s["similarity"]
+            if "score" in s:
+                critic[s["iteration"]] = s["score"]
+    _last_split = (log, len(log), slot_index, similarity, critic)
+    return similarity, critic
+
+
 def scores_for(state: dict, slot_index: int) -> list[float]:
     """Similarity per revision of a slot. A later record for the same iteration (an edited revision) wins. The
     critic's score entries ({"slot", "iteration", "score"}: nodes/scoring.py) share the log and are skipped."""
-    by_iteration = {
-        s["iteration"]: s["similarity"]
-        for s in state.get("scores") or ()
-        if s["slot"] == slot_index and "similarity" in s
-    }
+    by_iteration = slot_scores(state, slot_index)[0]
     return [by_iteration[k] for k in sorted(by_iteration)]
 
 

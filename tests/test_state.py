@@ -67,3 +67,30 @@ def test_misaddressed_events_are_refused():
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad}")
+
+
+_score_entry = st.fixed_dictionaries(
+    {"slot": st.integers(0, 2), "iteration": st.integers(0, 4)},
+    optional={"similarity": st.floats(0, 1), "score": st.one_of(st.none(), st.floats(0, 10))},
+)
+
+
+@given(st.lists(st.tuples(st.lists(_score_entry, max_size=6), st.integers(0, 2), st.booleans()), max_size=8))
+def test_a_slot_s_scores_are_their_plain_definition_across_calls(steps):
+    """``scores_for`` and ``critic_scores_for`` (one pass, remembered for the same log object) equal their plain
+    definitions, call after call, as a log grows (each step a new list, as the reducers make) or is read again."""
+    from redraft.graph.convergence import critic_scores_for
+    from redraft.graph.state import scores_for
+
+    log: list[dict] = []
+    for added, slot, again in steps:
+        log = [*log, *added] if added or not again else log
+        state = {"scores": log}
+        for _ in range(2 if again else 1):
+            similarity = {s["iteration"]: s["similarity"] for s in log if s["slot"] == slot and "similarity" in s}
+            critic = {s["iteration"]: s["score"] for s in log if s["slot"] == slot and "score" in s}
+            assert scores_for(state, slot) == [similarity[k] for k in sorted(similarity)]
+            got = critic_scores_for(state, slot)
+            assert got == critic
+            got[99] = 1.0  # the caller's own copy
+            assert 99 not in critic_scores_for(state, slot)
