@@ -121,9 +121,10 @@ class DeltaWalk:
         )
         for ch, seed in reused.items():
             history[ch]["seed"] = seed
-        metrics.snapshot_reads(len(reused), sum(1 for r in rows if r["_kind"] == "b" and r["blob"] is not None))
-        for r in rows:
-            if r["_kind"] == "b" and r["blob"] is not None and "seed" in history.get(r["channel"], {}):
+        fetched = [r for r in rows if r["_kind"] == "b" and r["blob"] is not None]
+        metrics.snapshot_reads(len(reused), len(fetched))
+        for r in fetched:
+            if "seed" in history.get(r["channel"], {}):
                 key = (thread_id, checkpoint_ns, r["channel"], r["version"])
                 self.seeds.put(key, history[r["channel"]]["seed"], r["size"], r["type"])
         return history

@@ -132,14 +132,17 @@ def pack(writes: Iterable[tuple[int, str, str, bytes]]) -> bytes:
 def unpack(blob: bytes) -> Iterator[tuple[int, str, str, bytes]]:
     """The writes of a pack, as (idx, channel, serde type, serde bytes), in the order they were written."""
     view = memoryview(blob)
-    if view and view[0] == _VERSION_ZSTD:
+    version = view[0] if view else None
+    if version == _VERSION_ZSTD:
         try:
-            view = memoryview(bytes([_VERSION]) + _codecs()[1].decompress(view[1:], max_output_size=_MAX_BODY))
+            view, at = memoryview(_codecs()[1].decompress(view[1:], max_output_size=_MAX_BODY)), 0
         except zstandard.ZstdError as exc:
             raise UnsafePayloadError(f"Refused a corrupt pending-writes pack ({exc}).") from None
-    if not view or view[0] != _VERSION:
+    elif version == _VERSION:
+        at = 1
+    else:
         raise UnsafePayloadError("Refused a pending-writes pack of an unknown format (a newer redraft wrote it?).")
-    at, end = 1, len(view)
+    end = len(view)
     try:
         while at < end:
             idx, n_ch, n_ty, n_blob = _HEAD.unpack_from(view, at)
@@ -203,7 +206,7 @@ def expand_loaded(rows: list | None) -> list | None:
 
 
 def expand_stage2(rows: list[dict], channels: Iterable[str]) -> list[dict]:
-    """The delta walk's second-stage rows (graph/pgsaver.py) with each pack replaced by its writes to ``channels``."""
+    """The delta walk's second-stage rows (graph/deltawalk.py) with each pack replaced by its writes to ``channels``."""
     if not any(is_pack(r["channel"], r["type"]) for r in rows):
         return rows
     wanted = set(channels)

@@ -41,49 +41,44 @@ _decompressor = zstandard.ZstdDecompressor()
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 _INFINITIES = (float("inf"), float("-inf"))
+_STR_ONLY = frozenset({str})
 
 
 def _is_json_native(value: Any) -> bool:
     """Whether ``value`` is made of exactly dicts with string keys, lists, strings, ints, booleans, None and finite
     floats (no subclass, no tuple), so JSON or msgpack give it back as it was. A container's scalars are checked where
     they stand and only nested containers go on the stack: a 1,000-entry usage log (each snapshot of it is checked)
-    takes ~0.4 ms instead of ~1.1 ms."""
+    takes ~0.5 ms instead of ~1.1 ms."""
     stack = [value]
     pop, push = stack.pop, stack.append
     while stack:
         v = pop()
         t = type(v)
         if t is dict:
-            for k, item in v.items():
-                ti = type(item)
-                if type(k) is not str:
-                    return False
-                if ti in _SCALARS:
-                    continue
-                if ti is float:
-                    if item != item or item in _INFINITIES:
-                        return False
-                elif ti is dict or ti is list:
-                    push(item)
-                else:
-                    return False
+            if not _STR_ONLY.issuperset(map(type, v)):
+                return False
+            items = v.values()
         elif t is list:
-            for item in v:
-                ti = type(item)
-                if ti in _SCALARS:
-                    continue
-                if ti is float:
-                    if item != item or item in _INFINITIES:
-                        return False
-                elif ti is dict or ti is list:
-                    push(item)
-                else:
-                    return False
+            items = v
         elif t is float:
             if v != v or v in _INFINITIES:
                 return False
-        elif t not in _SCALARS:
+            continue
+        elif t in _SCALARS:
+            continue
+        else:
             return False
+        for item in items:
+            ti = type(item)
+            if ti in _SCALARS:
+                continue
+            if ti is float:
+                if item != item or item in _INFINITIES:
+                    return False
+            elif ti is dict or ti is list:
+                push(item)
+            else:
+                return False
     return True
 
 
