@@ -116,7 +116,7 @@ def _codecs() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
     codecs = getattr(_zstd, "codecs", None)
     if codecs is None:
         codecs = _zstd.codecs = (
-            zstandard.ZstdCompressor(level=3, dict_data=_ZDICT),
+            zstandard.ZstdCompressor(level=3, dict_data=_ZDICT, write_checksum=True),  # as graph/serde.py's
             zstandard.ZstdDecompressor(dict_data=_ZDICT),
         )
     return codecs

@@ -17,6 +17,7 @@ own format (``msgpack``) still load.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import ormsgpack
@@ -35,8 +36,24 @@ ALLOWED_TYPES = [("langgraph.types", "Interrupt"), ("langgraph.types", "Send")]
 ZSTD_MIN_BYTES = 512
 ZSTD_LEVEL = 3
 ZSTD_MAX_OUTPUT = 256 * 1024 * 1024  # refuse to inflate a frame beyond this (a corrupt or hostile row)
-_compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
-_decompressor = zstandard.ZstdDecompressor()
+_zstd = threading.local()  # zstandard's (de)compressors are not safe to share between threads
+
+
+def _codecs() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    """This thread's compressor and decompressor. Frames carry zstd's content checksum (4 bytes): without it a
+    damaged row can inflate to other bytes that still decode (a flipped byte in a usage snapshot did), where with
+    it every damaged frame is refused. Frames written before without one still read."""
+    codecs = getattr(_zstd, "codecs", None)
+    if codecs is None:
+        codecs = _zstd.codecs = (
+            zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True),
+            zstandard.ZstdDecompressor(),
+        )
+    return codecs
+
+
+def _compress(data: bytes) -> bytes:
+    return _codecs()[0].compress(data)
 
 
 _SCALARS = frozenset({str, int, bool, type(None)})
@@ -139,6 +156,6 @@ class SafeSerializer(JsonPlusSerializer):
     @staticmethod
     def _inflate(data: bytes) -> bytes:
         try:
-            return _decompressor.decompress(data, max_output_size=ZSTD_MAX_OUTPUT)
+            return _codecs()[1].decompress(data, max_output_size=ZSTD_MAX_OUTPUT)
         except zstandard.ZstdError as exc:
             raise UnsafePayloadError(f"Refused a corrupt compressed checkpoint payload ({exc}).") from None

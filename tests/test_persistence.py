@@ -12,8 +12,10 @@ import textwrap
 import ormsgpack
 import psycopg
 import pytest
+import zstandard
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
 from redraft.errors import ConfigError, StorageError, UnsafePayloadError
 from redraft.graph import serde as serde_module
@@ -128,6 +130,40 @@ def test_serializer_round_trips_json_and_refuses_pickle():
         serde.loads_typed(("pickle", pickle.dumps(value)))
     with pytest.raises(UnsafePayloadError):
         serde.loads_typed(("marshal", b""))
+
+
+def _flips(blob: bytes):
+    """``blob`` with one byte changed, for each of its bytes."""
+    for i in range(len(blob)):
+        damaged = bytearray(blob)
+        damaged[i] ^= 0x5A
+        yield bytes(damaged)
+
+
+def test_a_damaged_compressed_row_is_refused_wherever_the_damage_is():
+    # a 60-entry usage log (a delta snapshot, msgpack + zstd), a revision (JSON + zstd) and a step's pack: zstd's
+    # content checksum refuses each one-byte change; without it a flipped byte in a usage snapshot read back as
+    # other entries, silently
+    serde = SafeSerializer()
+    usage = [
+        {"slot": 0, "node": "critique", "n": i, "model": "gpt-4o-mini", "input_tokens": 400 + i, "output_tokens": 22,
+         "estimated": False, "cost": None, "run": "0355fa8d"}
+        for i in range(60)
+    ]  # fmt: skip
+    for value in (_DeltaSnapshot(usage), {"text": "The revision, word by word. " * 40}):
+        kind, raw = serde.dumps_typed(value)
+        assert kind.endswith("+zstd")
+        for damaged in _flips(raw):
+            with pytest.raises(UnsafePayloadError, match="corrupt"):
+                serde.loads_typed((kind, damaged))
+    blob = pack([(0, "usage", "json", json.dumps(usage[:3]).encode()), (1, "branch:to:revise", "null", b"")])
+    assert blob[0] == 2  # compressed
+    for damaged in _flips(blob):
+        with pytest.raises(UnsafePayloadError):
+            list(unpack(damaged))
+    # frames written before they carried a checksum still read
+    old = zstandard.ZstdCompressor(level=3).compress(ormsgpack.packb(usage))
+    assert serde.loads_typed(("snapshot+zstd", old)).value == usage
 
 
 def _plain_json_native(v) -> bool:
