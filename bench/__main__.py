@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from bench.bounds import cpu_floor  # noqa: E402
 from bench.concurrency import concurrency  # noqa: E402
 from bench.floor import FIGURES, figures, verdict  # noqa: E402
 from bench.replicas import replicas  # noqa: E402
@@ -130,6 +131,7 @@ async def main(args: argparse.Namespace) -> int:
         sections = [floor_section(figs)]
         if not args.quick and not args.only:
             sections += [
+                await cpu_floor(pg),
                 await replicas(pg),
                 await overhead(backends),
                 await mcp_round_trip(str(tmp / "mcp.sqlite")),
