@@ -149,10 +149,19 @@ def summary(entries: Sequence[dict], slot: int | None) -> dict:
         run = [e for e in entries if e.get("run") == run_id]
         key = (last.get("slot"), last.get("node"), last.get("n"))
         step = [e for e in run if (e.get("slot"), e.get("node"), e.get("n")) == key]
+    thread = total(entries)
     return {
         "step": total(step),
         "run": total(run),
-        "query": total(query),
-        "thread": total(entries),
-        "calls": [{k: v for k, v in e.items() if k != "run"} for e in query],
+        "query": thread if len(query) == len(entries) else total(query),  # every entry is this query's
+        "thread": thread,
+        "calls": [_shown(e) for e in query],
     }
+
+
+def _shown(entry: dict) -> dict:
+    """An entry as ``calls`` lists it: without its run id. A copy less one key is ~5x faster than a dict
+    comprehension over its items, which a view of a 500-loop query paid ~1,000 times (0.52 against 0.11 ms)."""
+    shown = entry.copy()
+    shown.pop("run", None)
+    return shown
