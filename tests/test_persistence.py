@@ -166,6 +166,37 @@ def test_a_damaged_compressed_row_is_refused_wherever_the_damage_is():
     assert serde.loads_typed(("snapshot+zstd", old)).value == usage
 
 
+@pytest.mark.postgres
+async def test_a_damaged_snapshot_in_postgresql_is_refused_and_the_thread_reads_again_once_it_is_repaired(pg_url, stub):
+    # a replica that never read the thread walks from the usage log's snapshot: a byte flipped in that row must end
+    # the read with unsafe_payload (not a retryable storage error, and never other token counts)
+    stub.configure(changes=[8])  # every revision differs from the one before: 17 loops, 35 calls
+    thread = new_thread()
+    settings = make_settings(pg_url, stub)
+    async with open_persistence(settings) as p:
+        await Runner(p, settings).refine(thread, "generic", "Snapshot me.", max_loops=17, similarity_threshold=1.0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        version, blob = conn.execute(
+            "SELECT version, blob FROM checkpoint_blobs WHERE thread_id = %s AND channel = 'usage' "
+            "AND type = 'snapshot+zstd' ORDER BY version DESC LIMIT 1",
+            (thread,),
+        ).fetchone()
+        set_blob = "UPDATE checkpoint_blobs SET blob = %s WHERE thread_id = %s AND channel = 'usage' AND version = %s"
+        async with open_persistence(settings) as p:
+            for at in range(20, len(blob), len(blob) // 12):  # a dozen places; without checksums some decoded
+                damaged = bytearray(blob)
+                damaged[at] ^= 0x5A
+                conn.execute(set_blob, (bytes(damaged), thread, version))
+                p.saver.seeds.forget(thread)  # as a replica that never decoded the snapshot
+                with pytest.raises(UnsafePayloadError, match="corrupt") as refused:
+                    await Runner(p, settings).status(thread)
+                assert not refused.value.retryable
+        conn.execute(set_blob, (blob, thread, version))
+    async with open_persistence(settings) as p:
+        view = await Runner(p, settings).status(thread)
+    assert view["phase"] == "done" and view["usage"]["thread"]["calls"] == 35
+
+
 def _plain_json_native(v) -> bool:
     """The definition ``serde._is_json_native`` implements faster."""
     if type(v) is dict:
