@@ -44,6 +44,18 @@ SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS redraft_stats_companion ON redraft_stats (companion, kind)",
     "CREATE INDEX IF NOT EXISTS redraft_stats_created ON redraft_stats (created_at)",  # retention (graph/retention.py)
+    # a companion's most recent runs in order, from the index alone (server/stats.py)
+    "CREATE INDEX IF NOT EXISTS redraft_stats_recent ON redraft_stats (companion, kind, created_at)",
+    # the learned summary status and refine show, kept with the window of runs it was computed from (their
+    # count, newest and oldest time; server/stats.py): recomputed by whichever replica first finds the window
+    # changed, never used otherwise
+    """CREATE TABLE IF NOT EXISTS redraft_stats_summary (
+        companion TEXT PRIMARY KEY,
+        runs INTEGER NOT NULL,
+        newest DOUBLE PRECISION NOT NULL,
+        oldest DOUBLE PRECISION NOT NULL,
+        summary TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS redraft_leases (
         thread_id TEXT PRIMARY KEY,
         owner TEXT NOT NULL,

@@ -108,6 +108,44 @@ class StatsStore:
     async def summary(self, companion: str, transitions: bool = True, model: str | None = None) -> dict:
         """Runs, stop reasons and suggestions of a companion (of one ``model`` of it, if given), with the same
         split ``by_model``; with ``transitions``, also per-transition step times."""
+        if not transitions and model is None:
+            return await self._kept_summary(companion)
+        return await self._summary(companion, transitions, model)
+
+    async def _kept_summary(self, companion: str) -> dict:
+        """The summary ``status`` and ``refine`` show and a finished run is compared with (``summary(companion,
+        transitions=False)``): the copy kept in ``redraft_stats_summary`` when the window it was computed from (the
+        companion's ``WINDOW`` most recent runs: their count, newest and oldest time) is still the window, else
+        computed and kept. Computing it reads and digests the window's rows, 3.5 ms of CPU at 500 recorded runs
+        on every such call, where the check reads the window's times from an index (0.3 ms).
+
+        Only the window's rows go into the summary, and rows are never updated: a run recorded since changes the
+        count (a short window) or pushes the oldest out (a full one), whatever its replica's clock said; retention
+        deletes the oldest rows, which changes the count or nothing. So a copy whose window matches is what
+        computing would give, and a copy a slower replica overwrote with an older one no longer matches."""
+        found = await self.db.fetchone(
+            "SELECT w.runs, w.newest, w.oldest, s.runs AS kept_runs, s.newest AS kept_newest, "
+            "s.oldest AS kept_oldest, s.summary FROM (SELECT count(*) AS runs, max(created_at) AS newest, "
+            "min(created_at) AS oldest FROM (SELECT created_at FROM redraft_stats WHERE companion = ? "
+            "AND kind = 'run' ORDER BY created_at DESC LIMIT ?) AS recent) AS w "
+            "LEFT JOIN redraft_stats_summary AS s ON s.companion = ?",
+            (companion, WINDOW, companion),
+        )
+        window = (found["runs"], found["newest"], found["oldest"]) if found else (0, None, None)
+        if not window[0]:  # no run recorded: what digesting none gives, without reading them
+            return {"companion": companion, **_learned([]), "by_model": {}}
+        if found["summary"] is not None and (found["kept_runs"], found["kept_newest"], found["kept_oldest"]) == window:
+            return json.loads(found["summary"])
+        out = await self._summary(companion, False, None)
+        await self.db.execute(
+            "INSERT INTO redraft_stats_summary (companion, runs, newest, oldest, summary) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (companion) DO UPDATE SET runs = excluded.runs, newest = excluded.newest, "
+            "oldest = excluded.oldest, summary = excluded.summary",
+            (companion, *window, json.dumps(out)),
+        )
+        return out
+
+    async def _summary(self, companion: str, transitions: bool, model: str | None) -> dict:
         where, params = "companion = ?", [companion]
         if model is not None:
             where += " AND coalesce(model, ?) = ?"
