@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import re
 import struct
-import threading
 from collections.abc import Iterable, Iterator
 
 import zstandard
 from langgraph.checkpoint.base import CheckpointTuple
 
 from redraft.errors import UnsafePayloadError
+from redraft.graph.serde import zstd_codecs
 
 PACK_PREFIX = "__redraft_pack__:"
 PACK_TYPE = "pack"
@@ -109,23 +109,12 @@ _DICTIONARY = b"".join(
     )
 )
 _ZDICT = zstandard.ZstdCompressionDict(_DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-_zstd = threading.local()  # zstandard's (de)compressors are not safe to share between threads
-
-
-def _codecs() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-    codecs = getattr(_zstd, "codecs", None)
-    if codecs is None:
-        codecs = _zstd.codecs = (
-            zstandard.ZstdCompressor(level=3, dict_data=_ZDICT, write_checksum=True),  # as graph/serde.py's
-            zstandard.ZstdDecompressor(dict_data=_ZDICT),
-        )
-    return codecs
 
 
 def pack(writes: Iterable[tuple[int, str, str, bytes]]) -> bytes:
     """One blob for writes given as (idx, channel, serde type, serde bytes)."""
     body = _body(writes)
-    frame = _codecs()[0].compress(body)
+    frame = zstd_codecs(_ZDICT)[0].compress(body)
     return bytes([_VERSION_ZSTD]) + frame if len(frame) < len(body) else bytes([_VERSION]) + body
 
 
@@ -135,7 +124,7 @@ def unpack(blob: bytes) -> Iterator[tuple[int, str, str, bytes]]:
     version = view[0] if view else None
     if version == _VERSION_ZSTD:
         try:
-            view, at = memoryview(_codecs()[1].decompress(view[1:], max_output_size=_MAX_BODY)), 0
+            view, at = memoryview(zstd_codecs(_ZDICT)[1].decompress(view[1:], max_output_size=_MAX_BODY)), 0
         except zstandard.ZstdError as exc:
             raise UnsafePayloadError(f"Refused a corrupt pending-writes pack ({exc}).") from None
     elif version == _VERSION:

@@ -39,21 +39,28 @@ ZSTD_MAX_OUTPUT = 256 * 1024 * 1024  # refuse to inflate a frame beyond this (a 
 _zstd = threading.local()  # zstandard's (de)compressors are not safe to share between threads
 
 
-def _codecs() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-    """This thread's compressor and decompressor. Frames carry zstd's content checksum (4 bytes): without it a
-    damaged row can inflate to other bytes that still decode (a flipped byte in a usage snapshot did), where with
-    it every damaged frame is refused. Frames written before without one still read."""
-    codecs = getattr(_zstd, "codecs", None)
+def zstd_codecs(
+    dictionary: zstandard.ZstdCompressionDict | None = None,
+) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    """This thread's compressor (level ``ZSTD_LEVEL``) and decompressor, for ``dictionary`` if given (a step's pack,
+    graph/pglayout.py). Frames carry zstd's content checksum (4 bytes): without it a damaged row can inflate to
+    other bytes that still decode (a flipped byte in a usage snapshot did), where with it every damaged frame is
+    refused. Frames written before without one still read."""
+    kept = getattr(_zstd, "codecs", None)
+    if kept is None:
+        kept = _zstd.codecs = {}
+    codecs = kept.get(id(dictionary))
     if codecs is None:
-        codecs = _zstd.codecs = (
-            zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True),
-            zstandard.ZstdDecompressor(),
+        extra = {} if dictionary is None else {"dict_data": dictionary}
+        codecs = kept[id(dictionary)] = (
+            zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, **extra),
+            zstandard.ZstdDecompressor(**extra),
         )
     return codecs
 
 
 def _compress(data: bytes) -> bytes:
-    return _codecs()[0].compress(data)
+    return zstd_codecs()[0].compress(data)
 
 
 _SCALARS = frozenset({str, int, bool, type(None)})
@@ -156,6 +163,6 @@ class SafeSerializer(JsonPlusSerializer):
     @staticmethod
     def _inflate(data: bytes) -> bytes:
         try:
-            return _codecs()[1].decompress(data, max_output_size=ZSTD_MAX_OUTPUT)
+            return zstd_codecs()[1].decompress(data, max_output_size=ZSTD_MAX_OUTPUT)
         except zstandard.ZstdError as exc:
             raise UnsafePayloadError(f"Refused a corrupt compressed checkpoint payload ({exc}).") from None
