@@ -133,7 +133,7 @@ class StatsStore:
         )
         window = (found["runs"], found["newest"], found["oldest"]) if found else (0, None, None)
         if not window[0]:  # no run recorded: what digesting none gives, without reading them
-            return {"companion": companion, **_learned([]), "by_model": {}}
+            return _digest(companion, None, [])
         if found["summary"] is not None and (found["kept_runs"], found["kept_newest"], found["kept_oldest"]) == window:
             return json.loads(found["summary"])
         out = await self._summary(companion, False, None)
@@ -155,8 +155,7 @@ class StatsStore:
             f"FROM redraft_stats WHERE {where} AND kind = 'run' ORDER BY created_at DESC LIMIT ?",
             (*params, WINDOW),
         )
-        runs = [_with_detail(r) for r in runs]
-        out: dict = {"companion": companion, **({"model": model} if model is not None else {}), **_learned(runs)}
+        seconds = None
         if transitions:
             steps = await self.db.fetchall(
                 f"SELECT detail, duration_s FROM redraft_stats WHERE {where} AND kind = 'transition' "
@@ -166,14 +165,20 @@ class StatsStore:
             by_label: dict[str, list[float]] = {}
             for s in steps:
                 by_label.setdefault(s["detail"], []).append(s["duration_s"])
-            out["transition_seconds"] = {
-                k: {"count": len(v), "median": statistics.median(v)} for k, v in by_label.items()
-            }
-        by_model: dict[str, list[dict]] = {}
-        for r in runs:
-            by_model.setdefault(r["model"] or UNKNOWN_MODEL, []).append(r)
-        out["by_model"] = {name: {"model": name, **_learned(rows)} for name, rows in sorted(by_model.items())}
-        return out
+            seconds = {k: {"count": len(v), "median": statistics.median(v)} for k, v in by_label.items()}
+        return _digest(companion, model, [_with_detail(r) for r in runs], seconds)
+
+
+def _digest(companion: str, model: str | None, runs: list[dict], transition_seconds: dict | None = None) -> dict:
+    """A summary from its runs (newest first, details parsed) and, if given, its per-transition step times."""
+    out: dict = {"companion": companion, **({"model": model} if model is not None else {}), **_learned(runs)}
+    if transition_seconds is not None:
+        out["transition_seconds"] = transition_seconds
+    by_model: dict[str, list[dict]] = {}
+    for r in runs:
+        by_model.setdefault(r["model"] or UNKNOWN_MODEL, []).append(r)
+    out["by_model"] = {name: {"model": name, **_learned(rows)} for name, rows in sorted(by_model.items())}
+    return out
 
 
 def _learned(runs: list[dict]) -> dict:
