@@ -2,12 +2,12 @@
 operation.
 
 Hypothesis draws a sequence of operations (new queries long enough to cross the delta logs' snapshots, whole
-refines, single steps with the model's or a human's text, gate decisions, forks and replays at any history entry)
-and, for each, the PostgreSQL replica that runs it. The sequence runs on the memory backend, on SQLite and on two
-PostgreSQL persistences, each with its own pool, saver, head cache and snapshot cache, as two server processes
-have. So the PostgreSQL side goes through every read path its saver has (a step from its own last run, a walk after
-the other replica's step, a first read that decodes the snapshots, revisions stored as patches, packs),
-interleaved with time travel.
+refines, single steps with the model's or a human's text, gate decisions, forks and replays at any history entry,
+and the database ending every connection both replicas hold) and, for each, the PostgreSQL replica that runs it.
+The sequence runs on the memory backend, on SQLite and on two PostgreSQL persistences, each with its own pool,
+saver, head cache and snapshot cache, as two server processes have. So the PostgreSQL side goes through every read
+path its saver has (a step from its own last run, a walk after the other replica's step, a first read that decodes
+the snapshots, revisions stored as patches, packs), interleaved with time travel.
 
 After every operation every backend must have answered alike (the same result or the same refusal), and SQLite and
 both replicas must read the thread's status as the memory backend does. At the end, every history entry and the state
@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -36,7 +37,7 @@ from tests.conftest import make_settings, new_thread
 
 pytestmark = pytest.mark.postgres
 
-OPS = ("step", "step", "resume", "refine", "fork", "replay", "query", "query")
+OPS = ("step", "step", "resume", "refine", "fork", "replay", "query", "query", "cut")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 VOLATILE = {"created_at", "duration_s"}
 
@@ -172,6 +173,9 @@ async def test_two_replicas_answer_as_one_memory_process(pg_url, stub, tmp_path,
         for name in ops:
             if name == "query":
                 await query()
+            elif name == "cut":  # pg_terminate_backend on every pooled connection: the next op must not notice
+                await _cut(pg_url)
+                await sides.check_status()
             elif name == "refine":
                 await sides.both(replica(), lambda runner, thread: runner.refine(thread, companion))
             elif name == "step":
@@ -196,6 +200,16 @@ async def test_two_replicas_answer_as_one_memory_process(pg_url, stub, tmp_path,
     # refine stops at its first gate) snapshots decoded and snapshots reused
     assert reads["last_run"] and reads["walk"], reads
     assert companion == "summary" or (reads["fetched"] and reads["reused"]), reads
+
+
+async def _cut(url: str) -> None:
+    """End every other connection to the test's database, waiting (up to 5 s each) until each backend is gone."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        cur = await admin.execute(
+            "SELECT bool_and(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert (await cur.fetchone())[0] is not False
 
 
 def _step(how: str):
