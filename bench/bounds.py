@@ -5,7 +5,7 @@ in the inverse ratio of their CPU per step. This measures that CPU (user + syste
 server's own CPU is not counted) for the anchor's graph with no checkpointer (LangGraph's superstep and the fake
 model alone), on LangGraph's in-memory saver and on the anchor's stock ``AsyncPostgresSaver``; and for redraft on
 its in-memory backend and on PostgreSQL. Each run is a 10-loop refine (21 steps) with the zero-latency fake; the
-five take turns, one run each, so a machine that speeds up or slows down moves them alike.
+cases (with the floor below) take turns, one run each, so a machine that speeds up or slows down moves them alike.
 
 The bounds it prints: were redraft's database path free, a step would cost what redraft costs in memory, so the
 200-session ratio could reach at most (the anchor on PostgreSQL) / (redraft in memory), and the per-step ratio
@@ -32,8 +32,6 @@ from redraft.graph.runner import Runner
 
 LOOPS = 10
 STEPS = 1 + 2 * LOOPS
-
-
 FLOOR_TABLE = "redraft_bench_floor"
 
 
@@ -108,14 +106,14 @@ async def cpu_floor(pg: str, runs: int = 30) -> dict:
     best_step = per["redraft memory"] / pg_anchor
     best_wall = (per_wall["redraft memory"] + per_wall["floor"]) / wall_anchor
     return {
-        "title": "0a. What bounds the per-step and 200-session figures: CPU per durable step",
+        "title": "0a. What bounds the per-step and 200-session figures: CPU and wall time per durable step",
         "what": "CPU (user + system) of this process, and wall time, per durable step of a 10-loop refine (21 steps, "
         "zero-latency fake model), median of "
         f"{runs} runs each, the six cases taking turns. The database server's CPU is not counted. At 200 "
         "sessions both sides of section 0 are CPU-bound in one process, so throughput goes as the inverse of this. "
         "Were redraft's database path free, its step would cost 'redraft in memory'. Section 0's per-step figure "
-        "is wall time, and a durable step commits at least once: the floor row times 21 such statements, per "
-        "statement.",
+        "is wall time, and a durable step commits at least once: the floor row is one INSERT of a ~3 KB row and its "
+        "COMMIT, timed 21 at a time and shown per statement.",
         "headers": ["case", "CPU ms per step", "CPU vs the anchor", "wall ms per step", "wall vs the anchor"],
         "rows": rows,
         "target": "section 0: 200 sessions >= 2x raw needs redraft at <= 0.5x the anchor's CPU per step; "

@@ -81,7 +81,7 @@ class Sides:
         self.memory, self.sqlite, self.replicas, self.thread = memory, sqlite, replicas, thread
         self.readers = (sqlite, *replicas)
 
-    async def both(self, replica: int, op) -> None:
+    async def alike(self, replica: int, op) -> None:
         """Run ``op(runner, thread)`` on the memory backend, on SQLite and on one PostgreSQL replica: they must
         answer alike."""
         expected = await _outcome(lambda: op(self.memory, self.thread))
@@ -163,7 +163,7 @@ async def test_two_replicas_answer_as_one_memory_process(pg_url, stub, tmp_path,
             async def op(runner, thread):
                 return await runner.refine(thread, companion, text, max_loops=loops, similarity_threshold=1.0)
 
-            await sides.both(replica() if on is None else on, op)
+            await sides.alike(replica() if on is None else on, op)
 
         # 29 updates of each log; a run that starts from its replica's last one; then the other replica's steps
         # (which walk: it never ran this thread) cross the logs' first snapshot
@@ -177,10 +177,10 @@ async def test_two_replicas_answer_as_one_memory_process(pg_url, stub, tmp_path,
                 await _cut(pg_url)
                 await sides.check_status()
             elif name == "refine":
-                await sides.both(replica(), lambda runner, thread: runner.refine(thread, companion))
+                await sides.alike(replica(), lambda runner, thread: runner.refine(thread, companion))
             elif name == "step":
                 how = data.draw(st.sampled_from(["model", "human", "edit"]), label="step")
-                await sides.both(replica(), _step(how))
+                await sides.alike(replica(), _step(how))
             elif name == "resume":
                 decision = data.draw(
                     st.sampled_from(
@@ -188,12 +188,12 @@ async def test_two_replicas_answer_as_one_memory_process(pg_url, stub, tmp_path,
                     ),
                     label="decision",
                 )
-                await sides.both(replica(), _resume(decision))
+                await sides.alike(replica(), _resume(decision))
             else:
                 size = len(await _history(sides.memory, thread))
                 index = data.draw(st.integers(0, size - 1), label=f"{name} at")
-                edit = data.draw(st.sampled_from(["critique", "revision"]), label="edit")
-                await sides.both(replica(), _travel(name, index, edit))
+                edit = data.draw(st.sampled_from(["critique", "revision"]), label="edit") if name == "fork" else None
+                await sides.alike(replica(), _travel(name, index, edit))
         await sides.check_history()
     assert SNAPSHOT_EVERY == 32  # the query lengths above are chosen against it
     # every read path ran: a step from its replica's last run, walks, and (auto mode runs far enough; a step-mode
@@ -233,7 +233,7 @@ def _resume(decision: dict | None):
     return op
 
 
-def _travel(name: str, index: int, edit: str):
+def _travel(name: str, index: int, edit: str | None):
     async def op(runner: Runner, thread: str) -> dict:
         at = await _at(runner, thread, index)
         if name == "replay":
